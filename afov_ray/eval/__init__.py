@@ -1,0 +1,1 @@
+"""afov_ray.eval"""

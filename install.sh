@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install afov_ray into ./.venv on a fresh Debian/Ubuntu machine (CPU).
+#   ./install.sh                  everything: project, test tools, spconv, MinkowskiEngine (CPU build, ~7 min)
+#   ./install.sh --no-minkowski   skip the MinkowskiEngine compile (the pure-PyTorch engine is the default)
+# Idempotent: re-running skips what is installed.
+set -euo pipefail
+cd "$(dirname "$0")"
+WITH_ME=1
+for a in "$@"; do
+  case "$a" in
+    --no-minkowski) WITH_ME=0 ;;
+    *) echo "unknown option: $a" >&2; exit 2 ;;
+  esac
+done
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q -U pip
+fi
+PIP="$VENV/bin/pip"
+# torch first, pinned: 2.13.0 is a local CPU wheel here; a bare `torch` would pull a multi-GB CUDA build.
+"$PIP" install -q torch==2.13.0 numpy setuptools wheel ninja
+"$PIP" install -q -e '.[test,spconv]'
+if [ "$WITH_ME" = 1 ] && ! "$VENV/bin/python" -c 'import importlib.util,sys; sys.exit(0 if importlib.util.find_spec("MinkowskiEngine") else 1)'; then
+  if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libopenblas-dev
+  fi
+  echo "building MinkowskiEngine 0.5.4 (CPU, ~7 min)..."
+  MAX_JOBS=2 "$PIP" install -q --no-build-isolation \
+      --config-settings="--global-option=--blas=openblas" MinkowskiEngine==0.5.4
+fi
+echo "installed into $VENV"
