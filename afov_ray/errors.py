@@ -1,0 +1,20 @@
+"""Errors that name the bad item, so a job can report it and go on with the rest."""
+
+from __future__ import annotations
+
+
+class AfovError(Exception):
+    """Base class of afov_ray errors."""
+
+
+class DataError(AfovError):
+    """Bad input data. ``item`` names the file, sample, camera or field at fault."""
+
+    def __init__(self, item: str, message: str):
+        self.item = item
+        self.message = message
+        super().__init__(f"{item}: {message}")
+
+
+class EngineNotInstalled(AfovError, ImportError):
+    """A requested sparse-conv engine is not importable; the message says what to install."""
