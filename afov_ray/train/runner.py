@@ -1,0 +1,250 @@
+"""Ray Train V2 plumbing shared by every training stage (TMP, distillation, fine-tuning).
+
+A *stage* is a small picklable object (see ``Stage``) that knows how to build its model, compute the
+loss of a batch and, optionally, validate. ``run_stage`` wraps it in a ``TorchTrainer`` with the
+user's ``ScalingConfig`` / ``RunConfig`` (storage path local or ``s3://``, ``CheckpointConfig``,
+``FailureConfig``) and the per-worker loop ``stage_loop`` does the rest the same way for all stages:
+
+- DDP via ``ray.train.torch.prepare_model`` after converting BatchNorm to SyncBatchNorm when there is
+  more than one worker (afov-reference.md 2.5: SyncBN with more than one GPU);
+- SGD with dampening + head group and the cosine schedule of ``afov_ray.train.optim``;
+- ``ray.train.report`` with a checkpoint at the end of every epoch and every ``checkpoint_every_steps``
+  steps; every worker reports (it is a barrier), rank 0 attaches the checkpoint;
+- resume: ``ray.train.get_checkpoint()`` (set after a worker failure under ``FailureConfig`` or when a
+  job is restarted with the same run name and storage path) restores model, optimiser, schedule,
+  epoch and step, and skips the steps already done in the interrupted epoch;
+- MLflow tracking on rank 0 (``afov_ray.train.tracking``), resumed into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from afov_ray.train.checkpoint import load_checkpoint, save_checkpoint
+from afov_ray.train.optim import CosineSchedule, OptimConfig, build_optimizer, freeze_for_linear_probe
+from afov_ray.train.tracking import Tracker, TrackingConfig
+
+
+@dataclass
+class ScaleConfig:
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    address: str | None = None          # Ray address to join; None: start or join a local Ray
+
+
+@dataclass
+class RunSettings:
+    name: str = "afov"
+    storage_path: str = "outputs/ray_results"   # local folder or s3://bucket/prefix
+    max_failures: int = 0
+    num_to_keep: int | None = 2
+    checkpoint_every_steps: int = 0      # 0: only at epoch ends
+
+
+@dataclass
+class LoopConfig:
+    num_epochs: int = 1
+    batch_size: int = 2                  # per worker
+    amp: bool = False                    # autocast (bf16) on GPU only
+    seed: int = 0
+    linear_probe: bool = False
+    log_every_steps: int = 1
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+class Stage:
+    """Interface of a training stage; subclasses are plain picklable objects."""
+
+    name = "stage"
+
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def init_state(self) -> dict | None:
+        """An initial state dict (e.g. from the registry) loaded shape-filtered, or None."""
+        return None
+
+    def batches(self, shard, batch_size: int, epoch: int) -> Iterator[Any]:
+        """Iterate the worker's data shard (a Ray DataIterator) as model-ready batches."""
+        return shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True)
+
+    def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def validate(self, model: torch.nn.Module, shard, device: torch.device) -> dict:
+        return {}
+
+    def params(self) -> dict:
+        """Stage parameters to log (the resolved config)."""
+        return {}
+
+
+def _rank_world() -> tuple[int, int]:
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def allreduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce across Train workers (no-op with one process); ``op`` "sum" or "mean"."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        if op == "mean":
+            t /= dist.get_world_size()
+    return t
+
+
+def _load_filtered(model: torch.nn.Module, state: dict) -> tuple[list[str], list[str]]:
+    own = model.state_dict()
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(keep, strict=False)
+    return sorted(keep), sorted(set(state) - set(keep))
+
+
+def stage_loop(config: dict) -> None:
+    """``train_loop_per_worker`` for every stage. ``config`` = {"stage": Stage, "loop": LoopConfig}."""
+    import ray.train
+    import ray.train.torch
+
+    stage: Stage = config["stage"]
+    loop: LoopConfig = config["loop"]
+    rank, world = _rank_world()
+    torch.manual_seed(loop.seed)
+    device = ray.train.torch.get_device()
+
+    model = stage.build_model()
+    init = stage.init_state()
+    if init is not None:
+        _load_filtered(model, init)
+    if loop.linear_probe:
+        freeze_for_linear_probe(model)
+    if world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+    inner = model.module if hasattr(model, "module") else model
+    optimizer = build_optimizer(inner, loop.optim)
+    schedule = CosineSchedule(optimizer, loop.num_epochs, per_iteration=loop.optim.per_iteration_schedule)
+
+    start_epoch, step, skip_in_epoch, run_id = 0, 0, 0, None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            st = load_checkpoint(d)
+        inner.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        schedule.load_state_dict(st["schedule"])
+        start_epoch, step = st["epoch"], st["step"]
+        skip_in_epoch = int(st["config"].get("steps_done_in_epoch", 0))
+        run_id = st["config"].get("mlflow_run_id")
+
+    tracker = Tracker(loop.tracking, rank=rank)
+    run_id = tracker.start(params={"stage": stage.name, **stage.params(), "world_size": world}, run_id=run_id)
+    shard = ray.train.get_dataset_shard("train")
+    val_shard = None
+    try:
+        val_shard = ray.train.get_dataset_shard("val")
+    except Exception:  # noqa: BLE001 - no validation dataset
+        val_shard = None
+
+    def report(epoch_done: int, steps_in_epoch: int, metrics: dict) -> None:
+        with tempfile.TemporaryDirectory() as td:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(td, model_state=inner.state_dict(), optimizer_state=optimizer.state_dict(),
+                                schedule_state=schedule.state_dict(), epoch=epoch_done, step=step,
+                                config={"steps_done_in_epoch": steps_in_epoch, "mlflow_run_id": run_id},
+                                metrics=metrics)
+                checkpoint = ray.train.Checkpoint.from_directory(td)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    for epoch in range(start_epoch, loop.num_epochs):
+        if loop.linear_probe:
+            model.eval()  # BN statistics frozen (afov-reference.md 6.2)
+        else:
+            model.train()
+        t_epoch, wait, n_steps, loss_sum, losses = time.perf_counter(), 0.0, 0, 0.0, []
+        t0 = time.perf_counter()
+        for i, batch in enumerate(stage.batches(shard, loop.batch_size, epoch)):
+            if i < skip_in_epoch:
+                t0 = time.perf_counter()
+                continue
+            wait += time.perf_counter() - t0
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=loop.amp and device.type == "cuda"):
+                loss, logs = stage.loss(model, batch, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step_iteration()
+            step += 1
+            n_steps += 1
+            global_loss = float(allreduce_(loss.detach().clone().float(), "mean"))
+            loss_sum += global_loss
+            losses.append(global_loss)
+            if step % max(loop.log_every_steps, 1) == 0:
+                tracker.log_metrics({"train/loss": global_loss, **{f"train/{k}": v for k, v in logs.items()},
+                                     "lr": schedule.lrs()[0]}, step=step)
+            hooks = config.get("test_hooks") or {}
+            if (hooks.get("fail_at_step") == step and rank == world - 1
+                    and not os.path.exists(hooks["marker"])):
+                # test hook: the process dies once, mid-epoch, to exercise FailureConfig + resume
+                open(hooks["marker"], "w").close()
+                os._exit(1)
+            if loop_every := config.get("checkpoint_every_steps", 0):
+                if step % loop_every == 0:
+                    report(epoch, i + 1, {"epoch": epoch, "step": step, "train/loss": global_loss})
+            t0 = time.perf_counter()
+        skip_in_epoch = 0
+        schedule.step_epoch()
+        elapsed = time.perf_counter() - t_epoch
+        metrics = {"epoch": epoch, "step": step, "train/loss_epoch": loss_sum / max(n_steps, 1),
+                   "train/losses": losses,
+                   "train/steps": n_steps, "train/data_wait_fraction": wait / max(elapsed, 1e-9)}
+        if val_shard is not None:
+            model.eval()
+            with torch.no_grad():
+                metrics.update({f"val/{k}": v for k, v in stage.validate(model, val_shard, device).items()})
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        report(epoch + 1, 0, metrics)
+    if rank == 0 and loop.tracking.register_as:
+        tracker.register_model(inner.cpu(), tags={"stage": stage.name})
+    tracker.end()
+
+
+def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettings,
+              datasets: dict, val_split: bool = True, test_hooks: dict | None = None):
+    """Build and fit the ``TorchTrainer``; returns the Ray ``Result``."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage = run.storage_path
+    if "://" not in storage:
+        storage = os.path.abspath(storage)
+        os.makedirs(storage, exist_ok=True)
+    if not ray.is_initialized():
+        ray.init(address=scale.address, ignore_reinit_error=True)
+    split = ["train", "val"] if val_split and "val" in datasets else ["train"]
+    trainer = TorchTrainer(
+        stage_loop,
+        train_loop_config={"stage": stage, "loop": loop, "checkpoint_every_steps": run.checkpoint_every_steps,
+                           "test_hooks": test_hooks},
+        scaling_config=ScalingConfig(num_workers=scale.num_workers, use_gpu=scale.use_gpu,
+                                     resources_per_worker={"CPU": scale.cpus_per_worker}),
+        run_config=RunConfig(name=run.name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=run.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=run.num_to_keep)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=split),
+    )
+    return trainer.fit()
