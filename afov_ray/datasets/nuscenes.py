@@ -16,7 +16,7 @@ import numpy as np
 from afov_ray.datasets.labels import nuscenes_raw_to_eval
 from afov_ray.datasets.types import NUSCENES_CAMERAS, CameraFrame, Keyframe
 from afov_ray.errors import DataError
-from afov_ray.geometry.projection import lidar_to_cam_matrix
+from afov_ray.geometry.projection import devkit_chain_points, lidar_to_cam_matrix
 
 LIDAR_CHANNEL = "LIDAR_TOP"
 POINT_DIM = 5  # x, y, z, intensity, ring (float32 each) in a .pcd.bin
@@ -212,4 +212,21 @@ class NuScenesReader:
             K=K,
             lidar_to_cam=T,
             timestamp=int(sd["timestamp"]),
+        )
+
+    def devkit_camera_points(self, keyframe: Keyframe, channel: str) -> np.ndarray:
+        """(N, 3) float32 camera-frame points of ``keyframe`` for camera ``channel``, computed with the
+        devkit's float32 step-by-step chain (:func:`afov_ray.geometry.devkit_chain_points`); pass to
+        ``project_camera_points`` to reproduce official/devkit pixels exactly."""
+        cam = next((c for c in keyframe.cameras if c.channel == channel), None)
+        if cam is None:
+            raise DataError(f"sample {keyframe.sample_token} {channel}", "camera not in this keyframe")
+        lidar = self._get("sample_data", keyframe.lidar_token, keyframe.sample_token)
+        sd = self._get("sample_data", cam.token, keyframe.sample_token)
+        return devkit_chain_points(
+            keyframe.points,
+            self._get("calibrated_sensor", lidar["calibrated_sensor_token"], keyframe.sample_token),
+            self._get("ego_pose", lidar["ego_pose_token"], keyframe.sample_token),
+            self._get("ego_pose", sd["ego_pose_token"], keyframe.sample_token),
+            self._get("calibrated_sensor", sd["calibrated_sensor_token"], keyframe.sample_token),
         )

@@ -2,9 +2,11 @@
 
 from afov_ray.geometry.projection import (
     Projection,
+    devkit_chain_points,
     invert_rigid,
     lidar_to_cam_matrix,
     pose_matrix,
+    project_camera_points,
     project_points,
     quaternion_to_matrix,
     transform_points,
@@ -12,9 +14,11 @@ from afov_ray.geometry.projection import (
 
 __all__ = [
     "Projection",
+    "devkit_chain_points",
     "invert_rigid",
     "lidar_to_cam_matrix",
     "pose_matrix",
+    "project_camera_points",
     "project_points",
     "quaternion_to_matrix",
     "transform_points",
