@@ -1,0 +1,182 @@
+"""Dataset splits: official nuScenes train/val and the pinned 1 % rules (afov-reference.md 5.1, 6.1).
+
+* nuScenes (scene level): iterate ``nusc.scene`` in TABLE order, count (1-based) only the scenes of
+  the phase split, keep a scene when ``counter % skip_step == 0`` (skip_step = 100 -> the 100th,
+  200th, ..., 700th train scene: 7 scenes, all their keyframes). Val is never skipped.
+  On a small dataroot (mini, generated data) fewer than ``skip_step`` split scenes exist and the rule
+  selects NOTHING. That is the rule's result and is returned as such; to get a usable tiny split set
+  ``min_scenes`` explicitly: the first split scenes (table order) not already chosen are added until
+  there are ``min_scenes``, and the split file records how many were added this way.
+* SemanticKITTI (frame level): all ``velodyne/*.bin`` of train sequences 00-07, 09, 10, full paths
+  sorted lexicographically, every ``skip_step``-th from index 0. Val = sequence 08.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from afov_ray.errors import DataError
+
+KITTI_TRAIN_SEQUENCES = ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10")
+KITTI_VAL_SEQUENCES = ("08",)
+SPLIT_FILE_FORMAT = 1
+
+
+@dataclass
+class Split:
+    """One split: its scenes (names / sequence ids) and keyframe ids, and the rule that made it."""
+
+    name: str
+    scenes: list[str]
+    keyframes: list[str]
+    rule: dict[str, Any] = field(default_factory=dict)
+
+
+# -- nuScenes ---------------------------------------------------------------------------------------
+def resolve_nuscenes_split(split: str, version: str | None = None) -> str:
+    """Name in ``create_splits_scenes()``; for a ``*-mini`` version "train"/"val" -> "mini_train"/"mini_val"."""
+    if version is not None and version.endswith("mini") and split in ("train", "val"):
+        return f"mini_{split}"
+    return split
+
+
+def nuscenes_split_scenes(split: str, version: str | None = None) -> list[str]:
+    """Scene names of an official nuScenes split (devkit ``create_splits_scenes``)."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    table = create_splits_scenes()
+    name = resolve_nuscenes_split(split, version)
+    if name not in table:
+        raise DataError(f"split {split}", f"unknown nuScenes split; known: {sorted(table)}")
+    return list(table[name])
+
+
+def nuscenes_skip_scenes(
+    table_scenes: Sequence[str],
+    split_scenes: Iterable[str],
+    skip_step: int = 100,
+    min_scenes: int = 0,
+) -> tuple[list[str], dict[str, Any]]:
+    """The 1 % scene rule of afov-reference.md 6.1.
+
+    ``table_scenes``: all scene names in ``nusc.scene`` order; ``split_scenes``: the phase split.
+    Returns (selected scene names in table order, rule record). ``skip_step <= 1`` keeps all.
+    ``min_scenes`` > 0 tops up (explicitly, recorded in the rule) when the rule selects fewer.
+    """
+    wanted = set(split_scenes)
+    in_split = [s for s in table_scenes if s in wanted]
+    if skip_step <= 1:
+        chosen = list(in_split)
+    else:
+        chosen = [s for counter, s in enumerate(in_split, start=1) if counter % skip_step == 0]
+    by_rule = len(chosen)
+    if len(chosen) < min_scenes:
+        chosen_set = set(chosen)
+        extra = [s for s in in_split if s not in chosen_set][: min_scenes - len(chosen)]
+        keep = chosen_set | set(extra)
+        chosen = [s for s in in_split if s in keep]
+    rule = {
+        "rule": "nuscenes table order, 1-based counter over split scenes, keep counter % skip_step == 0",
+        "skip_step": skip_step,
+        "split_scenes_in_table": len(in_split),
+        "selected_by_rule": by_rule,
+        "min_scenes": min_scenes,
+        "topped_up": len(chosen) - by_rule,
+    }
+    return chosen, rule
+
+
+def make_nuscenes_splits(
+    reader: Any,
+    phases: Sequence[str] = ("train", "val"),
+    skip_step: int = 100,
+    min_scenes: int = 0,
+) -> dict[str, Split]:
+    """Splits for a :class:`NuScenesReader`: the skip rule on the "train" phase, full "val" (and any
+    other phase, e.g. "mini_val") never skipped. Keyframes are the reader's sample tokens."""
+    table_scenes = [sc["name"] for sc in reader.nusc.scene]
+    out: dict[str, Split] = {}
+    for phase in phases:
+        split_scenes = nuscenes_split_scenes(phase, reader.version)
+        step = skip_step if resolve_nuscenes_split(phase, reader.version) in ("train", "mini_train") else 1
+        scenes, rule = nuscenes_skip_scenes(table_scenes, split_scenes, step, min_scenes if step > 1 else 0)
+        rule.update(dataset="nuscenes", version=reader.version,
+                    devkit_split=resolve_nuscenes_split(phase, reader.version))
+        keyframes = [k for s in scenes for k in reader.keyframe_ids(s)]
+        out[phase] = Split(name=phase, scenes=scenes, keyframes=keyframes, rule=rule)
+    return out
+
+
+# -- SemanticKITTI ----------------------------------------------------------------------------------
+def kitti_velodyne_paths(root: str | os.PathLike, sequences: Iterable[str]) -> list[str]:
+    """Full paths of ``root/sequences/<seq>/velodyne/*.bin``, sorted lexicographically."""
+    paths: list[str] = []
+    for seq in sequences:
+        vdir = os.path.join(str(root), "sequences", seq, "velodyne")
+        if not os.path.isdir(vdir):
+            continue
+        paths.extend(os.path.join(vdir, f) for f in os.listdir(vdir) if f.endswith(".bin"))
+    return sorted(paths)
+
+
+def _kitti_id(path: str) -> str:
+    seq = os.path.basename(os.path.dirname(os.path.dirname(path)))
+    return f"{seq}/{os.path.splitext(os.path.basename(path))[0]}"
+
+
+def make_kitti_splits(
+    root: str | os.PathLike,
+    skip_step: int = 100,
+    train_sequences: Sequence[str] = KITTI_TRAIN_SEQUENCES,
+    val_sequences: Sequence[str] = KITTI_VAL_SEQUENCES,
+) -> dict[str, Split]:
+    """SemanticKITTI 1 % rule: every ``skip_step``-th of the sorted train paths from index 0; full val."""
+    train_paths = kitti_velodyne_paths(root, train_sequences)
+    step = max(int(skip_step), 1)
+    chosen = train_paths[::step]
+    train_ids = [_kitti_id(p) for p in chosen]
+    val_ids = [_kitti_id(p) for p in kitti_velodyne_paths(root, val_sequences)]
+    return {
+        "train": Split(
+            name="train",
+            scenes=sorted({k.split("/")[0] for k in train_ids}),
+            keyframes=train_ids,
+            rule={"dataset": "semantickitti", "rule": "sorted full velodyne paths of train sequences, [::skip_step]",
+                  "skip_step": step, "sequences": list(train_sequences), "frames_total": len(train_paths)},
+        ),
+        "val": Split(
+            name="val",
+            scenes=sorted({k.split("/")[0] for k in val_ids}),
+            keyframes=val_ids,
+            rule={"dataset": "semantickitti", "rule": "all frames", "sequences": list(val_sequences)},
+        ),
+    }
+
+
+# -- files ------------------------------------------------------------------------------------------
+def write_split_file(path: str | os.PathLike, splits: dict[str, Split]) -> None:
+    """Write splits as JSON: {"format": 1, "splits": {name: {scenes, keyframes, rule}}}."""
+    doc = {"format": SPLIT_FILE_FORMAT, "splits": {k: asdict(v) for k, v in splits.items()}}
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, path)
+
+
+def read_split_file(path: str | os.PathLike) -> dict[str, Split]:
+    """Read a file written by :func:`write_split_file`. DataError naming the file if malformed."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        if doc.get("format") != SPLIT_FILE_FORMAT:
+            raise ValueError(f"unknown format {doc.get('format')!r}")
+        return {
+            k: Split(name=v["name"], scenes=list(v["scenes"]), keyframes=list(v["keyframes"]), rule=dict(v["rule"]))
+            for k, v in doc["splits"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(str(path), f"bad split file: {exc}") from None
