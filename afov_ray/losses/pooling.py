@@ -50,6 +50,9 @@ def superpoint_pooling(
         renormalize: False = official (plain mean of normalised features, |k| <= 1); True = the paper
             ("average pooling and normalization": L2-normalise each pooled vector).
 
+    The official code divides by (n_g + 1e-6); with n_g >= 1 for every kept id that is the plain mean up
+    to 1e-6 relative, so the exact count is used here.
+
     Returns:
         ids: (R,) int64 kept ids, ascending; kept = at least one pairing and PNG value != 0, both
             tested explicitly (not the official ``k[:, 0] != 0`` proxy).

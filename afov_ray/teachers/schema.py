@@ -214,6 +214,28 @@ class TeacherImage:
             raise DataError(item, f"mask ids {missing[:10].tolist()} appear in the mask map but not in the mask table")
 
 
+def superpixel_feature_table(
+    images: Sequence[TeacherImage], superpixel_size: int = 150
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Feature table of a local batch for the TMP id join (afov-reference.md 2.1, 2.3).
+
+    Image ``i`` of ``images`` (the batch's global image index, e.g. b*6 + camera slot) contributes rows
+    with global id ``i * superpixel_size + mask_id``. Returns (ids int64 (M,), features float16 (M, D),
+    text_index int64 (M,)); join them with ``afov_ray.losses.join_superpixel_features``.
+    """
+    ids, feats, texts = [], [], []
+    for i, im in enumerate(images):
+        mids = np.asarray(im.mask_ids, dtype=np.int64)
+        if mids.size and mids.max() >= superpixel_size:
+            raise DataError(im.item, f"mask id {int(mids.max())} does not fit superpixel_size={superpixel_size}")
+        ids.append(i * superpixel_size + mids)
+        feats.append(np.asarray(im.features, dtype=np.float16))
+        texts.append(np.asarray(im.text_index, dtype=np.int64))
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float16), np.zeros(0, np.int64)
+    return np.concatenate(ids), np.concatenate(feats), np.concatenate(texts)
+
+
 def encode_mask_map(mask_map: np.ndarray) -> bytes:
     """Lossless PNG bytes: 8-bit greyscale for uint8 maps, 16-bit greyscale for uint16 maps."""
     from PIL import Image

@@ -202,3 +202,40 @@ def test_tmp_loss_weights_and_gradients():
 def test_text_loss_rejects_bad_labels():
     with pytest.raises(ValueError):
         text_superpoint_loss(torch.randn(2, 3), TOY_T, torch.tensor([0, 5]), TOY_SAME)
+
+
+def test_paper_form_all_same_text_is_zero_with_finite_grad():
+    k = torch.randn(3, 3, generator=_gen(8)).requires_grad_(True)
+    loss = text_superpoint_loss(k, TOY_T, torch.tensor([1, 1, 1]), TOY_SAME, form="paper")
+    assert loss.item() == pytest.approx(0.0, abs=1e-12)  # no negatives left in any denominator
+    loss.backward()
+    assert torch.isfinite(k.grad).all()
+
+
+def test_teacher_table_to_tmp_loss_end_to_end():
+    """TeacherImages -> feature table -> pooling -> id join -> L_TMP, with the real 175-text dictionary."""
+    from afov_ray.teachers import ClassDictionary, TeacherImage, superpixel_feature_table
+
+    voc = ClassDictionary.load("nuscenes")
+    rng = np.random.default_rng(9)
+    images = []
+    for cam in range(2):
+        n = 3
+        images.append(TeacherImage(
+            sample_token="s", camera=f"C{cam}", image_size=(2, 2), mask_map=np.array([[0, 1], [2, 3]], np.uint8),
+            mask_ids=np.arange(1, n + 1, dtype=np.uint16), text_index=np.array([0, 96, 165], np.int32),
+            area=np.ones(n, np.int64), features=rng.normal(size=(n, 8)).astype(np.float16)))
+    table_ids, table_feats, table_text = superpixel_feature_table(images)
+    assert table_ids.tolist() == [1, 2, 3, 151, 152, 153]
+    feats = F.normalize(torch.randn(10, 8, generator=_gen(10)), dim=1)
+    pair_voxel = torch.tensor([0, 1, 2, 3, 4, 5, 6])
+    png = torch.tensor([1, 1, 0, 3, 2, 3, 0])
+    img = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    ids, k = superpoint_pooling(feats, pair_voxel, superpixel_global_id(img, png))
+    assert ids.tolist() == [1, 3, 152, 153]  # mask 2 of image 0 has no pairing; PNG 0 dropped
+    q, y = join_superpixel_features(ids, torch.from_numpy(table_ids), torch.from_numpy(table_feats),
+                                    torch.from_numpy(table_text))
+    assert y.tolist() == [0, 165, 96, 165]
+    text = torch.randn(175, 8, generator=_gen(11))
+    out = tmp_loss(k, q, y, text, torch.from_numpy(voc.same_category_matrix()))
+    assert torch.isfinite(out.total) and out.total.item() > 0
