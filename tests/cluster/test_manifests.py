@@ -320,8 +320,10 @@ def test_runtime_env_excludes_data(runtime_env, tmp_path):
     from ray._private.runtime_env.packaging import create_package
 
     src = tmp_path / "repo"
-    files = ["afov_ray/x.py", "jobs/tmp.py", "configs/tmp.yaml", "data/nuscenes/a.bin", "outputs/run/ckpt.pt",
-             ".venv/lib/site.py", "mlruns/0/meta.yaml", "afov_ray/__pycache__/x.cpython-311.pyc", "shard.parquet"]
+    files = ["afov_ray/x.py", "jobs/tmp.py", "configs/tmp.yaml",
+             "data/nuscenes/a.bin", "data/nuscenes/v1.0-mini/scene.json",
+             "outputs/run/ckpt.pt", "outputs/run/metrics.json", "runs/x/result.json", "mlruns/0/meta.yaml",
+             ".venv/lib/site.py", "afov_ray/__pycache__/x.cpython-311.pyc", "shard.parquet"]
     for f in files:
         (src / f).parent.mkdir(parents=True, exist_ok=True)
         (src / f).write_text("x")
