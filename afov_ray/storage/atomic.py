@@ -18,6 +18,7 @@ Ray's ``read_parquet`` keeps only ``*.parquet``). ``cleanup_stale`` deletes old 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -42,6 +43,51 @@ def is_hidden_name(name: str) -> bool:
 def temp_uri_for(final_uri: str) -> str:
     """A fresh temp URI beside ``final_uri``: ``<dir>/_tmp/<name>.<uuid>.tmp``."""
     return U.join(U.parent(final_uri), TMP_DIR, f"{U.basename(final_uri)}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+
+
+class HashingStream:
+    """File-like wrapper that forwards writes and keeps sha256 + byte count of what went through.
+
+    ``atomic_output`` yields one, so a shard's checksum for the manifest is known without reading
+    the file back (which would mean a second download on S3).
+    """
+
+    def __init__(self, raw: Any):
+        self._raw = raw
+        self._sha = hashlib.sha256()
+        self.bytes_written = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._sha.update(view)
+        self._raw.write(view)
+        self.bytes_written += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.bytes_written
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._raw.close()
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
 
 
 def _fsync_local(path: str) -> None:
@@ -75,7 +121,7 @@ def commit(temp_uri: str, final_uri: str) -> None:
 
 @contextmanager
 def atomic_output(final_uri: str) -> Iterator[Any]:
-    """Context manager yielding a writable pyarrow stream; committed to ``final_uri`` on success.
+    """Context manager yielding a writable ``HashingStream``; committed to ``final_uri`` on success.
 
     On an exception the temp object is deleted and the exception re-raised; ``final_uri`` is
     untouched (an older version of it, if any, stays as it was).
@@ -83,7 +129,7 @@ def atomic_output(final_uri: str) -> Iterator[Any]:
     tmp = temp_uri_for(final_uri)
     fs, tmp_path = U.resolve(tmp)
     U.makedirs(U.parent(tmp))
-    stream = fs.open_output_stream(tmp_path)
+    stream = HashingStream(fs.open_output_stream(tmp_path))
     try:
         yield stream
         stream.close()
@@ -121,7 +167,8 @@ class AtomicParquetWriter:
     """Streaming Parquet writer (one row group per ``write_table``) committed atomically on close.
 
     Use as a context manager; an exception inside the block discards everything written.
-    Memory stays bounded by one row group, so long scenes (KITTI sequences) fit.
+    Memory stays bounded by one row group, so long scenes (KITTI sequences) fit. After a clean
+    exit, ``rows``, ``stream.bytes_written`` and ``stream.sha256`` describe the committed file.
     """
 
     def __init__(self, final_uri: str, schema: "pa.Schema", **writer_kwargs: Any):
@@ -129,6 +176,7 @@ class AtomicParquetWriter:
         self.schema = schema
         self.writer_kwargs = writer_kwargs
         self.rows = 0
+        self.stream: HashingStream | None = None
         self._ctx = None
         self._writer = None
 
@@ -136,8 +184,8 @@ class AtomicParquetWriter:
         import pyarrow.parquet as pq
 
         self._ctx = atomic_output(self.final_uri)
-        stream = self._ctx.__enter__()
-        self._writer = pq.ParquetWriter(stream, self.schema, **self.writer_kwargs)
+        self.stream = self._ctx.__enter__()
+        self._writer = pq.ParquetWriter(self.stream, self.schema, **self.writer_kwargs)
         return self
 
     def write_table(self, table: "pa.Table") -> None:

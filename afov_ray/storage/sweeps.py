@@ -95,7 +95,8 @@ def schema_version_of(schema) -> int | None:
 # Keyframes -> table
 
 
-def _check_keyframe(kf: Keyframe) -> None:
+def check_keyframe(kf: Keyframe) -> None:
+    """Raise DataError naming the field if a keyframe does not fit the schema."""
     item = f"{kf.dataset}/{kf.scene}/{kf.sample_token}"
     pts = kf.points
     if not isinstance(pts, np.ndarray) or pts.ndim != 2 or pts.shape[1] != 4:
@@ -138,7 +139,7 @@ def keyframes_to_table(keyframes: Sequence[Keyframe]):
     import pyarrow as pa
 
     for kf in keyframes:
-        _check_keyframe(kf)
+        check_keyframe(kf)
     schema = sweeps_schema()
     cams = [kf.cameras for kf in keyframes]
 
