@@ -220,7 +220,7 @@ def cleanup_stale(dir_uri: str, older_than_s: float = 3600.0) -> int:
             continue
         mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
         if now - mtime >= older_than_s:
-            fs.delete_file(info.path)
+            U.delete(U.S3_SCHEME + info.path if U.is_s3(dir_uri) else info.path)
             removed += 1
     return removed
 

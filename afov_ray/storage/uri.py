@@ -181,6 +181,15 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 
 def delete(uri: str, missing_ok: bool = True) -> None:
+    """Delete one file / object. On S3 through boto3: pyarrow's delete_file leaves a ``dir/``
+    marker object behind when it removes the last object of a "folder"."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        client = boto3_client()
+        if not missing_ok:
+            client.head_object(Bucket=bucket, Key=key)  # raises if absent
+        client.delete_object(Bucket=bucket, Key=key)
+        return
     fs, path = resolve(uri)
     try:
         fs.delete_file(path)
