@@ -1,0 +1,230 @@
+"""inspect: statistics and sanity pictures of prepared sweep shards.
+
+``dataset_stats`` reads only the light columns (scene, num_points, labels) of ``<out>/sweeps``;
+``inspect_sweeps`` also draws, for a few keyframes, the LiDAR points projected onto each camera
+image coloured by depth (a check of the calibration chain, afov-reference.md section 4.3) and a
+bird's-eye view coloured by label.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Sequence
+
+import numpy as np
+
+from afov_ray.datasets.types import Keyframe
+from afov_ray.storage import uri as U
+from afov_ray.storage.atomic import atomic_write_bytes
+
+
+def _dataset(sweeps_uri: str):
+    """A pyarrow dataset over the shards (``_``/``.``-prefixed side files and temp objects skipped)."""
+    import pyarrow.dataset as pads
+
+    fs, path = U.resolve(sweeps_uri)
+    return pads.dataset(path, filesystem=fs, format="parquet", ignore_prefixes=[".", "_"])
+
+
+def class_names(dataset: str) -> list[str] | None:
+    """Evaluation class names (index = label id) from ``afov_ray.datasets.labels`` if it is there."""
+    try:
+        from afov_ray.datasets import labels  # written by the readers' helper
+    except ImportError:
+        return None
+    fn = getattr(labels, "class_names", None)
+    if callable(fn):
+        try:
+            return list(fn(dataset))
+        except Exception:
+            return None
+    prefixes = {"nuscenes": ("NUSCENES",), "semantickitti": ("SEMANTICKITTI", "KITTI")}[dataset] \
+        if dataset in ("nuscenes", "semantickitti") else ()
+    for p in prefixes:
+        for suffix in ("_CLASS_NAMES", "_CLASSES", "_LABEL_NAMES"):
+            names = getattr(labels, p + suffix, None)
+            if names is not None:
+                return list(names)
+    return None
+
+
+def dataset_stats(sweeps_uri: str) -> dict[str, Any]:
+    """Keyframes, scenes, points per sweep (mean/min/max) and the label histogram of a sweeps folder.
+
+    The histogram is over ``labels`` (evaluation ids); ``label_source`` says "raw_labels" when only
+    raw labels exist and "none" when the shards have no labels at all.
+    """
+    import pyarrow.compute as pc
+
+    table = _dataset(sweeps_uri).to_table(columns=["dataset", "scene", "num_points", "labels", "raw_labels"])
+    n = table.num_rows
+    stats: dict[str, Any] = {"sweeps_uri": sweeps_uri, "keyframes": n}
+    if n == 0:
+        stats.update(scenes=0, datasets=[], points={}, label_source="none", label_histogram={})
+        return stats
+    npts = table.column("num_points").to_numpy()
+    stats["datasets"] = sorted(set(table.column("dataset").to_pylist()))
+    stats["scenes"] = len(set(table.column("scene").to_pylist()))
+    stats["points"] = {"mean": float(npts.mean()), "min": int(npts.min()), "max": int(npts.max()),
+                       "total": int(npts.sum())}
+    source = "none"
+    hist: dict[int, int] = {}
+    for col in ("labels", "raw_labels"):
+        column = table.column(col)
+        if column.null_count < n:
+            values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+            counts = np.bincount(values.astype(np.int64)) if values.size else np.zeros(0, np.int64)
+            hist = {int(i): int(c) for i, c in enumerate(counts) if c}
+            source = col
+            stats["labelled_keyframes"] = int(n - column.null_count)
+            break
+    stats["label_source"] = source
+    stats["label_histogram"] = hist
+    names = class_names(stats["datasets"][0]) if source == "labels" and len(stats["datasets"]) == 1 else None
+    stats["class_names"] = names
+    errors_uri = U.join(sweeps_uri, "_errors.jsonl")
+    if U.exists(errors_uri):
+        stats["errors"] = sum(1 for line in U.read_bytes(errors_uri).splitlines() if line.strip())
+    return stats
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """Human-readable report of ``dataset_stats``."""
+    lines = [f"sweeps: {stats['sweeps_uri']}",
+             f"keyframes: {stats['keyframes']}   scenes: {stats.get('scenes', 0)}   "
+             f"datasets: {', '.join(stats.get('datasets', []))}"]
+    if stats.get("points"):
+        p = stats["points"]
+        lines.append(f"points per sweep: mean {p['mean']:.1f}  min {p['min']}  max {p['max']}  total {p['total']}")
+    if "errors" in stats:
+        lines.append(f"skipped / failed items (_errors.jsonl): {stats['errors']}")
+    hist = stats.get("label_histogram") or {}
+    if hist:
+        total = sum(hist.values())
+        names = stats.get("class_names")
+        lines.append(f"label histogram ({stats['label_source']}):")
+        for k in sorted(hist):
+            name = names[k] if names and k < len(names) else str(k)
+            lines.append(f"  {k:>5} {name:<22} {hist[k]:>12}  {100.0 * hist[k] / total:6.2f}%")
+    else:
+        lines.append("labels: none")
+    return "\n".join(lines)
+
+
+def project_points(
+    points_xyz: np.ndarray, K: np.ndarray, lidar_to_cam: np.ndarray, width: int, height: int,
+    min_depth: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Project LiDAR points into one camera (types.py: p_cam = lidar_to_cam @ [x,y,z,1], pixel = K p_cam / z).
+
+    Returns ``(uv (M, 2) float, depth (M,), mask (N,) bool)`` for the points in front of the camera
+    (depth > ``min_depth``) and inside the image. Stand-in until afov_ray/geometry/projection.py
+    exists; swap the call for that module's when it lands.
+    """
+    xyz = np.asarray(points_xyz, dtype=np.float64)[:, :3]
+    cam = xyz @ lidar_to_cam[:3, :3].T + lidar_to_cam[:3, 3]
+    depth = cam[:, 2]
+    front = depth > min_depth
+    uvw = cam @ np.asarray(K, dtype=np.float64).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = uvw[:, :2] / uvw[:, 2:3]
+    mask = front & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
+    return uv[mask], depth[mask], mask
+
+
+def _load_image(dataroot: str | None, rel_path: str, width: int, height: int) -> tuple[np.ndarray, bool]:
+    if dataroot:
+        path = U.join(dataroot, rel_path)
+        if U.exists(path):
+            from PIL import Image
+
+            return np.asarray(Image.open(io.BytesIO(U.read_bytes(path))).convert("RGB")), True
+    return np.full((height, width, 3), 128, dtype=np.uint8), False
+
+
+def _save(fig, out_uri: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(out_uri, buf.getvalue())
+    return out_uri
+
+
+def plot_projection(kf: Keyframe, dataroot: str | None, out_dir: str) -> list[str]:
+    """One PNG per camera: the image (grey if not found) with the projected points coloured by depth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for cam in kf.cameras:
+        img, found = _load_image(dataroot, cam.image_path, cam.width, cam.height)
+        uv, depth, _ = project_points(kf.points, cam.K, cam.lidar_to_cam, cam.width, cam.height)
+        fig, ax = plt.subplots(figsize=(10, 10 * cam.height / max(cam.width, 1) + 0.6))
+        ax.imshow(img)
+        sc = ax.scatter(uv[:, 0], uv[:, 1], c=depth, s=1.5, cmap="jet", vmin=0, vmax=max(float(np.percentile(depth, 99)) if depth.size else 1.0, 1.0))
+        fig.colorbar(sc, ax=ax, fraction=0.03, label="depth [m]")
+        ax.set_title(f"{kf.sample_token} {cam.channel}: {len(depth)} points" + ("" if found else " (image missing)"))
+        ax.set_xlim(0, cam.width)
+        ax.set_ylim(cam.height, 0)
+        ax.axis("off")
+        written.append(_save(fig, U.join(out_dir, f"{_safe(kf.sample_token)}_{cam.channel}.png")))
+        plt.close(fig)
+    return written
+
+
+def plot_bev(kf: Keyframe, out_uri: str, names: Sequence[str] | None = None, extent: float = 50.0) -> str:
+    """Bird's-eye view (x forward up, y left) of one sweep coloured by label (by height if unlabelled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = kf.points
+    fig, ax = plt.subplots(figsize=(8, 8))
+    if kf.labels is not None:
+        labels = kf.labels.astype(np.int64)
+        nc = max(int(labels.max()) + 1 if labels.size else 1, len(names) if names else 0, 2)
+        sc = ax.scatter(-pts[:, 1], pts[:, 0], c=labels, s=0.5, cmap="tab20", vmin=0, vmax=nc - 1)
+        cb = fig.colorbar(sc, ax=ax, fraction=0.04, ticks=range(nc))
+        if names:
+            cb.ax.set_yticklabels([names[i] if i < len(names) else str(i) for i in range(nc)], fontsize=6)
+        cb.set_label("label")
+    else:
+        sc = ax.scatter(-pts[:, 1], pts[:, 0], c=pts[:, 2], s=0.5, cmap="viridis")
+        fig.colorbar(sc, ax=ax, fraction=0.04, label="z [m]")
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect("equal")
+    ax.set_xlabel("-y [m]")
+    ax.set_ylabel("x [m]")
+    ax.set_title(f"{kf.sample_token}: {kf.num_points} points")
+    _save(fig, out_uri)
+    plt.close(fig)
+    return out_uri
+
+
+def _safe(token: str) -> str:
+    return token.replace("/", "_")
+
+
+def inspect_sweeps(
+    sweeps_uri: str, dataroot: str | None = None, out: str | None = None, num_keyframes: int = 1,
+) -> dict[str, Any]:
+    """Stats of a sweeps folder, plus (with ``out``) projection and BEV PNGs of the first keyframes.
+
+    Returns the stats dict with ``figures`` (URIs of the PNGs written; ``stats.json`` too).
+    """
+    from afov_ray.storage.sweeps import table_to_keyframes
+
+    stats = dataset_stats(sweeps_uri)
+    stats["figures"] = []
+    if out and num_keyframes > 0 and stats["keyframes"]:
+        table = _dataset(sweeps_uri).head(num_keyframes)
+        for kf in table_to_keyframes(table):
+            stats["figures"] += plot_projection(kf, dataroot, out)
+            stats["figures"].append(plot_bev(kf, U.join(out, f"{_safe(kf.sample_token)}_bev.png"),
+                                             stats.get("class_names")))
+        atomic_write_bytes(U.join(out, "stats.json"), json.dumps(stats, indent=2).encode())
+    return stats
