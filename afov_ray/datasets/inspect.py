@@ -28,25 +28,11 @@ def _dataset(sweeps_uri: str):
 
 
 def class_names(dataset: str) -> list[str] | None:
-    """Evaluation class names (index = label id) from ``afov_ray.datasets.labels`` if it is there."""
-    try:
-        from afov_ray.datasets import labels  # written by the readers' helper
-    except ImportError:
-        return None
-    fn = getattr(labels, "class_names", None)
-    if callable(fn):
-        try:
-            return list(fn(dataset))
-        except Exception:
-            return None
-    prefixes = {"nuscenes": ("NUSCENES",), "semantickitti": ("SEMANTICKITTI", "KITTI")}[dataset] \
-        if dataset in ("nuscenes", "semantickitti") else ()
-    for p in prefixes:
-        for suffix in ("_CLASS_NAMES", "_CLASSES", "_LABEL_NAMES"):
-            names = getattr(labels, p + suffix, None)
-            if names is not None:
-                return list(names)
-    return None
+    """Evaluation class names (index = label id) from ``afov_ray.datasets.labels``."""
+    from afov_ray.datasets import labels
+
+    return {"nuscenes": list(labels.NUSCENES_EVAL_NAMES),
+            "semantickitti": list(labels.KITTI_EVAL_NAMES)}.get(dataset)
 
 
 def dataset_stats(sweeps_uri: str) -> dict[str, Any]:
@@ -116,21 +102,14 @@ def project_points(
     points_xyz: np.ndarray, K: np.ndarray, lidar_to_cam: np.ndarray, width: int, height: int,
     min_depth: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Project LiDAR points into one camera (types.py: p_cam = lidar_to_cam @ [x,y,z,1], pixel = K p_cam / z).
+    """``(uv (M, 2), depth (M,), mask (N,) bool)`` of the points that land in the image, through
+    ``afov_ray.geometry.projection.project_points`` (official bounds)."""
+    from afov_ray.geometry.projection import project_points as _project
 
-    Returns ``(uv (M, 2) float, depth (M,), mask (N,) bool)`` for the points in front of the camera
-    (depth > ``min_depth``) and inside the image. Stand-in until afov_ray/geometry/projection.py
-    exists; swap the call for that module's when it lands.
-    """
-    xyz = np.asarray(points_xyz, dtype=np.float64)[:, :3]
-    cam = xyz @ lidar_to_cam[:3, :3].T + lidar_to_cam[:3, 3]
-    depth = cam[:, 2]
-    front = depth > min_depth
-    uvw = cam @ np.asarray(K, dtype=np.float64).T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = uvw[:, :2] / uvw[:, 2:3]
-    mask = front & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
-    return uv[mask], depth[mask], mask
+    pr = _project(np.asarray(points_xyz)[:, :3], lidar_to_cam, K, width, height, min_depth=min_depth)
+    mask = np.zeros(len(points_xyz), dtype=bool)
+    mask[pr.point_idx] = True
+    return pr.uv, pr.depth, mask
 
 
 def _load_image(dataroot: str | None, rel_path: str, width: int, height: int) -> tuple[np.ndarray, bool]:

@@ -61,7 +61,7 @@ def test_stats_and_figures(tmp_path):
 
 def test_cli(tmp_path):
     s = prepare(RandomReader(num_scenes=1), str(tmp_path), use_ray=False, progress=False)
-    proc = subprocess.run([sys.executable, "jobs/inspect.py", "--sweeps", s.sweeps_uri, "--json"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "jobs/inspect_data.py", "--sweeps", s.sweeps_uri, "--json"], cwd=ROOT,
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["keyframes"] == 4

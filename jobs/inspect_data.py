@@ -1,23 +1,15 @@
 """inspect job: statistics and sanity pictures of prepared sweep shards.
 
 Example:
-    PYTHONPATH=. python jobs/inspect.py --sweeps s3://bucket/afov/sweeps --dataroot /data/nuscenes --out figs/
+    PYTHONPATH=. python jobs/inspect_data.py --sweeps s3://bucket/afov/sweeps --dataroot /data/nuscenes --out figs/
 
 Prints keyframes, scenes, points per sweep and the label histogram; with --out writes, for the
 first --num-keyframes keyframes, one PNG per camera (LiDAR points projected onto the image,
 coloured by depth) and a bird's-eye-view PNG coloured by label, plus stats.json.
 """
 
-# This file is named like the stdlib module ``inspect``; drop its folder from sys.path before any
-# import so that ``import inspect`` elsewhere (dataclasses, ...) gets the standard library.
-import os as _os
-import sys as _sys
-
-_here = _os.path.dirname(_os.path.abspath(__file__))
-_sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
+import argparse
+import json
 
 
 def build_parser() -> argparse.ArgumentParser:
