@@ -10,6 +10,7 @@ coloured by depth) and a bird's-eye-view PNG coloured by label, plus stats.json.
 
 import argparse
 import json
+import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,4 +38,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    _sys.exit(main())
+    sys.exit(main())
