@@ -41,22 +41,27 @@ def _bounding_spheres(s: Snapshot):
 def _hit_boxes(o, d, box):
     """Exact ray / yawed-box (slab) intersection for pairs. Returns t (inf = no hit) and normals."""
     c, s = np.cos(box[:, 6]), np.sin(box[:, 6])
-    rel = o - box[:, :3]
-    ol = np.stack([c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1], rel[:, 2]], axis=1)
-    dl = np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], d[:, 2]], axis=1)
-    dl = np.where(np.abs(dl) < 1e-12, 1e-12, dl)
-    inv = 1.0 / dl
-    h = box[:, 3:6]
-    t1, t2 = (-h - ol) * inv, (h - ol) * inv
-    tmin, tmax = np.minimum(t1, t2), np.maximum(t1, t2)
-    axis = np.argmax(tmin, axis=1)
-    tnear = tmin[np.arange(len(tmin)), axis]
-    tfar = tmax.min(axis=1)
+    rx, ry, rz = o[:, 0] - box[:, 0], o[:, 1] - box[:, 1], o[:, 2] - box[:, 2]
+    ol = (c * rx + s * ry, -s * rx + c * ry, rz)
+    dl = (c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], d[:, 2])
+    tmins, tmaxs, sgn = [], [], []
+    for k in range(3):
+        dk = np.where(np.abs(dl[k]) < 1e-12, 1e-12, dl[k])
+        inv = 1.0 / dk
+        h = box[:, 3 + k]
+        t1, t2 = (-h - ol[k]) * inv, (h - ol[k]) * inv
+        tmins.append(np.minimum(t1, t2))
+        tmaxs.append(np.maximum(t1, t2))
+        sgn.append(-np.sign(dk))
+    tnear = np.maximum(np.maximum(tmins[0], tmins[1]), tmins[2])
+    tfar = np.minimum(np.minimum(tmaxs[0], tmaxs[1]), tmaxs[2])
     ok = (tnear <= tfar) & (tnear > EPS)
     t = np.where(ok, tnear, np.inf)
-    nl = np.zeros_like(ol)
-    nl[np.arange(len(nl)), axis] = -np.sign(dl[np.arange(len(dl)), axis])
-    n = np.stack([c * nl[:, 0] - s * nl[:, 1], s * nl[:, 0] + c * nl[:, 1], nl[:, 2]], axis=1)
+    ax = np.where(tmins[0] == tnear, 0, np.where(tmins[1] == tnear, 1, 2))
+    nx = np.where(ax == 0, sgn[0], 0.0)
+    ny = np.where(ax == 1, sgn[1], 0.0)
+    nz = np.where(ax == 2, sgn[2], 0.0)
+    n = np.stack([c * nx - s * ny, s * nx + c * ny, nz], axis=1)
     return t, n
 
 
@@ -109,19 +114,37 @@ def _ground_kind(s: Snapshot, x, y):
     return kind
 
 
-def _candidates(o, d, C, C2, R, max_range):
+def _candidates(o, d, C, C2, R, max_range, bundle: int = 1024):
     """(ray, primitive) pairs whose ray passes through the primitive's bounding sphere."""
     if np.all(o == o[0]):
-        # common origin (a sweep or a camera): cull far primitives, then one float32 matmul
+        # common origin (a sweep or a camera): cull far primitives, then per bundle of consecutive
+        # rays cull primitives outside the bundle's cone, then one float32 matmul per bundle
         v = C - o[0]
-        vn2 = (v * v).sum(1)
-        keep = np.nonzero(np.sqrt(vn2) - R <= max_range)[0]
-        v, vn2, Rk = v[keep], vn2[keep], R[keep]
-        inside = vn2 <= Rk ** 2
-        q = np.where(inside, -np.inf, np.sqrt(np.maximum(vn2 - Rk ** 2, 0.0)) - 1e-3 * (1 + np.sqrt(vn2)))
-        proj = d.astype(np.float32) @ v.T.astype(np.float32)
-        ri, pk = np.nonzero(proj >= q.astype(np.float32)[None, :])
-        return ri, keep[pk]
+        vn = np.sqrt((v * v).sum(1))
+        keep = np.nonzero(vn - R <= max_range)[0]
+        v, vn, Rk = v[keep], vn[keep], R[keep]
+        inside = vn <= Rk
+        q = np.where(inside, -np.inf, np.sqrt(np.maximum(vn ** 2 - Rk ** 2, 0.0)) - 1e-3 * (1 + vn))
+        vu = v / np.maximum(vn, 1e-12)[:, None]
+        half = np.where(inside, np.pi, np.arcsin(np.clip(Rk / np.maximum(vn, 1e-12), 0, 1)))
+        d32 = d.astype(np.float32)
+        out_r, out_p = [], []
+        for a in range(0, len(d), bundle):
+            db = d[a:a + bundle]
+            axis = db.sum(0)
+            axis /= max(np.linalg.norm(axis), 1e-12)
+            alpha = np.arccos(np.clip((db @ axis).min(), -1, 1))
+            ang = np.arccos(np.clip(vu @ axis, -1, 1))
+            sel = np.nonzero(ang - half <= alpha + 1e-4)[0]
+            if len(sel) == 0:
+                continue
+            proj = d32[a:a + bundle] @ v[sel].T.astype(np.float32)
+            ri, pk = np.nonzero(proj >= q[sel].astype(np.float32)[None, :])
+            out_r.append(ri + a)
+            out_p.append(keep[sel[pk]])
+        if not out_r:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(out_r), np.concatenate(out_p)
     proj = d @ C.T - (o * d).sum(1)[:, None]
     v2 = C2[None, :] - 2 * (o @ C.T) + (o * o).sum(1)[:, None]
     cand = (v2 - proj ** 2 <= R ** 2) & (proj >= -R) & (proj - R <= max_range)
@@ -165,11 +188,20 @@ def cast_local(snap: Snapshot, origins, dirs, max_range: float = np.inf, chunk: 
                     ts[sel], ns[sel] = fn(o[ri[sel]], d[ri[sel]], prims[pi[sel] - lo])
             ok = np.isfinite(ts) & (ts <= max_range)
             ri, pi, ts, ns = ri[ok], pi[ok], ts[ok], ns[ok]
-            order = np.lexsort((ts, ri))
-            ri, pi, ts, ns = ri[order], pi[order], ts[order], ns[order]
-            first = np.ones(len(ri), bool)
-            first[1:] = ri[1:] != ri[:-1]
-            ri, pi, ts, ns = ri[first], pi[first], ts[first], ns[first]
+            if len(ri):
+                # ri is non-decreasing (bundles in order, row-major nonzero): segment minimum per ray
+                order = np.argsort(ri, kind="stable") if np.any(np.diff(ri) < 0) else None
+                if order is not None:
+                    ri, pi, ts, ns = ri[order], pi[order], ts[order], ns[order]
+                starts = np.concatenate([[0], np.nonzero(np.diff(ri))[0] + 1])
+                seg_min = np.minimum.reduceat(ts, starts)
+                counts = np.diff(np.concatenate([starts, [len(ri)]]))
+                is_min = ts == np.repeat(seg_min, counts)
+                # keep exactly one minimum per ray: the first occurrence
+                cum = np.cumsum(is_min)
+                seg_first_cum = np.repeat(cum[starts] - is_min[starts], counts)
+                first = is_min & (cum - seg_first_cum == 1)
+                ri, pi, ts, ns = ri[first], pi[first], ts[first], ns[first]
             closer = ts < best_t[ri]
             ri, pi, ts, ns = ri[closer], pi[closer], ts[closer], ns[closer]
             best_t[ri], best_p[ri], best_n[ri] = ts, pi, ns

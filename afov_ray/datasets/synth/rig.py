@@ -102,3 +102,26 @@ def nuscenes_camera_rig(width: int, height: int) -> dict[str, dict]:
     """channel -> {translation, rotation, K (scaled), offset_us} for the 6 nuScenes cameras."""
     return {ch: {"translation": list(t), "rotation": list(q), "K": scale_intrinsics(K, width, height),
                  "offset_us": int(off)} for ch, (t, q, K, off) in NUSCENES_CAMERAS_RIG.items()}
+
+
+def rot_to_quat(R) -> list[float]:
+    """3x3 rotation -> [w, x, y, z] with w >= 0."""
+    R = np.asarray(R, dtype=np.float64)
+    tr = np.trace(R)
+    if tr > 0:
+        S = np.sqrt(tr + 1.0) * 2
+        q = [0.25 * S, (R[2, 1] - R[1, 2]) / S, (R[0, 2] - R[2, 0]) / S, (R[1, 0] - R[0, 1]) / S]
+    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
+        S = np.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2]) * 2
+        q = [(R[2, 1] - R[1, 2]) / S, 0.25 * S, (R[0, 1] + R[1, 0]) / S, (R[0, 2] + R[2, 0]) / S]
+    elif R[1, 1] > R[2, 2]:
+        S = np.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2]) * 2
+        q = [(R[0, 2] - R[2, 0]) / S, (R[0, 1] + R[1, 0]) / S, 0.25 * S, (R[1, 2] + R[2, 1]) / S]
+    else:
+        S = np.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1]) * 2
+        q = [(R[1, 0] - R[0, 1]) / S, (R[0, 2] + R[2, 0]) / S, (R[1, 2] + R[2, 1]) / S, 0.25 * S]
+    q = np.asarray(q)
+    q = q / np.linalg.norm(q)
+    if q[0] < 0:
+        q = -q
+    return [float(v) for v in q]

@@ -55,6 +55,7 @@ class Scene:
     duration_s: float
     origin: tuple[float, float, float]               # local -> global: (gx, gy, gyaw)
     ego: dict                                        # x0, lane_y, speed, sway_amp, sway_period, sway_phase
+    start_us: int = 0                                # timestamp (us) of t = 0
     ground_default: int = int(Kind.TERRAIN)
     ground_rects: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     ground_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -69,6 +70,10 @@ class Scene:
     ell_inst: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
 
     # ---- frames -------------------------------------------------------------------------------
+    def time_s(self, timestamp_us: int) -> float:
+        """Scene time (seconds) of an absolute timestamp in microseconds."""
+        return (int(timestamp_us) - int(self.start_us)) / 1e6
+
     def local_to_global(self) -> np.ndarray:
         gx, gy, gyaw = self.origin
         return make_transform(yaw_to_quat(gyaw), [gx, gy, 0.0])
@@ -121,7 +126,8 @@ class Scene:
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "seed": self.seed, "duration_s": self.duration_s,
-             "origin": list(self.origin), "ego": dict(self.ego), "ground_default": self.ground_default}
+             "origin": list(self.origin), "ego": dict(self.ego), "ground_default": self.ground_default,
+             "start_us": int(self.start_us)}
         for k in self._ARRAYS:
             d[k] = np.asarray(getattr(self, k)).tolist()
         return d
@@ -136,7 +142,8 @@ class Scene:
             else:
                 kw[k] = np.asarray(d[k], dtype=np.int32 if k.endswith("inst") else np.int64)
         return cls(name=d["name"], seed=int(d["seed"]), duration_s=float(d["duration_s"]),
-                   origin=tuple(d["origin"]), ego=dict(d["ego"]), ground_default=int(d["ground_default"]), **kw)
+                   origin=tuple(d["origin"]), ego=dict(d["ego"]), ground_default=int(d["ground_default"]),
+                   start_us=int(d.get("start_us", 0)), **kw)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -238,7 +245,7 @@ class _Builder:
 
 
 def build_scene(rng: np.random.Generator, name: str = "synth", duration_s: float = 2.0,
-                ego_speed: float = 8.0, seed: int = 0) -> Scene:
+                ego_speed: float = 8.0, seed: int = 0, start_us: int = 0) -> Scene:
     """Lays out a random street scene long enough for the ego to drive for ``duration_s`` seconds.
 
     Everything is drawn from ``rng`` in a fixed order, so the same generator state gives the same scene.
@@ -342,7 +349,8 @@ def build_scene(rng: np.random.Generator, name: str = "synth", duration_s: float
     def arr(x, w):
         return np.asarray(x, dtype=np.float64).reshape(-1, w)
 
-    return Scene(name=name, seed=seed, duration_s=T, origin=origin, ego=ego, ground_default=int(Kind.TERRAIN),
+    return Scene(name=name, seed=seed, duration_s=T, origin=origin, ego=ego, start_us=int(start_us),
+                 ground_default=int(Kind.TERRAIN),
                  ground_rects=arr(b.rects, 4), ground_kind=np.asarray(b.rect_kind, np.int64),
                  boxes=arr(b.boxes, 9), box_kind=np.asarray(b.box_kind, np.int64),
                  box_inst=np.asarray(b.box_inst, np.int32), cyls=arr(b.cyls, 7),
