@@ -31,6 +31,7 @@ class SynthConfig:
       kitti_num_beams / kitti_azimuth_steps: HDL-64E-like sensor (+2..-24.8 deg).
       kitti_image_width / kitti_image_height: image_2 size; KITTI odometry seq-00 intrinsics scaled.
       kitti_frame_interval_us: time between scans (10 Hz).
+      kitti_max_range: metres, as lidar_max_range.
     """
 
     seed: int = 0
@@ -57,6 +58,7 @@ class SynthConfig:
     kitti_image_width: int = 1241
     kitti_image_height: int = 376
     kitti_frame_interval_us: int = 100_000
+    kitti_max_range: float = 80.0
 
     def validate(self) -> None:
         from afov_ray.errors import DataError
