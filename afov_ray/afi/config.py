@@ -62,7 +62,7 @@ class AFIConfig:
 
     # --- numerics ---
     dtype: Literal["float32", "float64"] = "float32"
-    knn_chunk_elems: int = 1 << 24    # max distance-matrix entries held at once (kNN, decoder)
+    knn_chunk_elems: int = 1 << 22    # max distance-matrix entries held at once (kNN, decoder)
 
     def validate(self) -> None:
         if self.stages < 1 or self.k < 1 or self.de_k < 1 or self.delta < 1 or self.beta2 < 1:

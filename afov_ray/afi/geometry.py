@@ -79,16 +79,21 @@ def furthest_point_sample(xyz: torch.Tensor, m: int, valid: torch.Tensor | None 
     temp = torch.where(eligible, temp, torch.full_like(temp, -1.0))
     if valid is not None:
         temp = torch.where(valid, temp, torch.full_like(temp, -2.0))
-    ar = torch.arange(B, device=xyz.device)
-    last = torch.zeros(B, dtype=torch.long, device=xyz.device)
+    # coordinate planes (B, N) keep every per-iteration op contiguous and vectorised
+    xs, ys, zs = (xyz[..., i].contiguous() for i in range(3))
+    last = torch.zeros(B, 1, dtype=torch.long, device=xyz.device)
     d = torch.empty_like(temp)
+    t = torch.empty_like(temp)
     for j in range(1, m):
-        p = xyz[ar, last]                                   # (B, 3)
-        diff = xyz - p[:, None, :]
-        torch.sum(diff * diff, dim=-1, out=d)
+        torch.sub(xs, xs.gather(1, last), out=d)
+        d.mul_(d)
+        torch.sub(ys, ys.gather(1, last), out=t)
+        d.addcmul_(t, t)
+        torch.sub(zs, zs.gather(1, last), out=t)
+        d.addcmul_(t, t)
         torch.minimum(temp, d, out=temp)
-        last = torch.argmax(temp, dim=1)
-        idx[:, j] = last
+        last = torch.argmax(temp, dim=1, keepdim=True)
+        idx[:, j] = last[:, 0]
     return idx
 
 
@@ -117,8 +122,8 @@ def knn(query: torch.Tensor, ref: torch.Tensor, k: int, ref_valid: torch.Tensor 
     step = max(1, chunk_elems // max(1, B * N))
     for a in range(0, M, step):
         q = query[:, a:a + step]
-        d = (q * q).sum(-1)[:, :, None] + rn[:, None, :] - 2.0 * torch.bmm(q, ref.transpose(1, 2))
-        d.clamp_(min=0.0)
+        d = torch.baddbmm(rn[:, None, :], q, ref.transpose(1, 2), beta=1.0, alpha=-2.0)
+        d.add_((q * q).sum(-1)[:, :, None]).clamp_(min=0.0)
         if ref_valid is not None:
             d.masked_fill_(~ref_valid[:, None, :], float("inf"))
         if self_idx is not None:
