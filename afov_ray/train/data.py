@@ -34,6 +34,7 @@ class IngestConfig:
     with_pairings: bool = False        # TMP needs pairings and superpixel features
     stride: int = OFFICIAL_STRIDE
     seed: int = 0
+    cpus_per_task: float = 0.5          # CPUs reserved per data-side task (voxelisation)
 
 
 def augment_points(xyz: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -90,21 +91,17 @@ def prepare_row(row: dict, cfg: IngestConfig, nonce: int = 0) -> dict:
     return out
 
 
-class PrepareScans:
-    """``map_batches`` callable: a batch of pairing rows -> a batch of voxelised samples."""
+def prepare_batch(batch, cfg: IngestConfig):
+    """``map_batches`` function (stateless tasks): a batch of pairing rows -> voxelised samples.
 
-    def __init__(self, cfg: IngestConfig):
-        self.cfg = cfg
-        self.calls = 0
+    Augmentation draws a fresh nonce per call, so every epoch sees new rotations / flips;
+    with ``augment=False`` the output is deterministic."""
+    import pyarrow as pa
 
-    def __call__(self, batch):
-        import pyarrow as pa
-
-        self.calls += 1
-        rows = batch.to_pylist() if isinstance(batch, pa.Table) else [
-            {k: batch[k][i] for k in batch} for i in range(len(next(iter(batch.values()))))]
-        nonce = int.from_bytes(np.random.default_rng().bytes(4), "little") if self.cfg.augment else 0
-        return pa.Table.from_pylist([prepare_row(r, self.cfg, nonce) for r in rows])
+    rows = batch.to_pylist() if isinstance(batch, pa.Table) else [
+        {k: batch[k][i] for k in batch} for i in range(len(next(iter(batch.values()))))]
+    nonce = int.from_bytes(np.random.default_rng().bytes(4), "little") if cfg.augment else 0
+    return pa.Table.from_pylist([prepare_row(r, cfg, nonce) for r in rows])
 
 
 def read_pairing(uri: str, columns: list[str] | None = None):
@@ -142,15 +139,10 @@ def scan_dataset(uri: str, cfg: IngestConfig, scenes: list[str] | None = None,
     if sample_tokens is not None:
         keep = set(sample_tokens)
         ds = ds.filter(lambda r: r["sample_token"] in keep)
-    return ds.map_batches(PrepareScans, fn_constructor_kwargs={"cfg": cfg}, batch_size=4,
-                          batch_format="pyarrow", compute=_pool())
-
-
-def _pool():
-    from ray.data import ActorPoolStrategy
-
-    # min 1 / max 2 actors: a fixed pool as large as the CPU count deadlocks on 2 CPUs (install-notes)
-    return ActorPoolStrategy(min_size=1, max_size=2)
+    # Stateless tasks, not an actor pool: actors would hold CPUs that the read tasks and the
+    # training workers need (a 2-CPU cluster deadlocks, install-notes.md "Ray Data actor-pool deadlock").
+    return ds.map_batches(prepare_batch, fn_kwargs={"cfg": cfg}, batch_size=2, batch_format="pyarrow",
+                          num_cpus=cfg.cpus_per_task)
 
 
 def _rows(batch) -> list[dict]:
