@@ -295,11 +295,19 @@ class CLIP(nn.Module):
         return self.visual.dense(images)
 
     def encode_text(self, tokens, normalize: bool = False):
-        """(B, context_length) int64 token ids -> (B, embed_dim) (end-of-text token pooled)."""
-        x = self.token_embedding(tokens).to(self.dtype)
-        x = x + self.positional_embedding.to(x.dtype)
+        """(B, context_length) int64 token ids -> (B, embed_dim) (end-of-text token pooled).
+
+        Positions after the last end-of-text token are dropped before the transformer: with causal
+        attention they cannot influence the pooled token, so the result is the same, only cheaper.
+        """
+        if tokens.shape[1] > self.context_length:
+            raise ValueError(f"{tokens.shape[1]} tokens exceed the context length {self.context_length}")
+        eot = tokens.argmax(dim=-1)
+        n = int(eot.max()) + 1 if tokens.numel() else tokens.shape[1]
+        x = self.token_embedding(tokens[:, :n]).to(self.dtype)
+        x = x + self.positional_embedding[:n].to(x.dtype)
         x = self.ln_final(self.transformer(x, causal=True))
-        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)] @ self.text_projection
+        x = x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
         return F.normalize(x, dim=-1) if normalize else x
 
 
