@@ -19,13 +19,14 @@ CAT-Seg teachers (afov-reference.md 4.1-4.2, "semantic" mask style), from a plai
 4. **Mask features** (CAT-Seg): ``normalise(sum_{p in mask} F_up(p))`` with F_up the bilinearly
    up-sampled F (not normalised per cell), stored as float16.
 
-Full-resolution tensors are never materialised: bilinear up-sampling is separable and each output
-pixel mixes at most 2x2 cells, so (a) the logits are up-sampled along x once at feature-row
+Full-resolution (H, W, D) tensors are never materialised: bilinear up-sampling is separable and each
+output pixel mixes at most 2x2 cells, so (a) the logits are up-sampled along x once at feature-row
 resolution (h, W, T) and then along y in chunks of ``row_chunk`` output rows for the argmax, and
 (b) the mask sums are exact re-weightings of the low-resolution cells:
-``sum_{p in m} F_up(p) = sum_{ij} W_m[i, j] F[i, j]`` with ``W_m = Ry^T 1_m Rx`` accumulated per
-chunk by a bincount over (mask, i, j) with the 4 bilinear weights of each pixel. Memory is
-O(row_chunk * W * T + T * h * w), independent of D at full resolution.
+``sum_{p in m} F_up(p) = sum_{ij} W_m[i, j] F[i, j]`` with ``W_m = Ry^T 1_m Rx`` (Ry, Rx the 1-D
+bilinear matrices); per chunk, ``1_m Rx`` is a weighted bincount over (row, mask, j) and the Ry rows
+of the chunk are applied with a small matmul. Memory is O(row_chunk * W * T + T * h * w); the result
+equals pooling the explicitly up-sampled features (tested against ``F.interpolate``).
 
 Weights come from a local file (``weights``); nothing is downloaded. ``weights=""`` builds a
 seeded random model (tests). The BPE merges file is local too (``bpe_path``, see
@@ -91,7 +92,7 @@ class MaskCLIPConfig:
     image_short_side: int = 336      # CLIP input short side (336 -> 24 rows of 14-px patches)
     device: str = "auto"             # auto (cuda if available) | cpu | cuda | cuda:N
     amp: bool = True                 # float16 autocast for the image tower on CUDA
-    row_chunk: int = 64              # output rows per chunk for the full-resolution argmax / pooling
+    row_chunk: int = 0               # output rows per chunk for the argmax / pooling; 0 = auto (CUDA 64, CPU 8)
     text_batch: int = 256            # prompts per text-encoder batch
     seed: int = 0                    # random-init seed (weights == "")
 
@@ -161,7 +162,7 @@ def bilinear_taps(n_out: int, n_in: int):
     return i0, i1, lam
 
 
-def label_and_pool(feats, text_emb, out_hw: tuple[int, int], row_chunk: int = 64):
+def label_and_pool(feats, text_emb, out_hw: tuple[int, int], row_chunk: int = 0):
     """Per-pixel text labels at ``out_hw`` and per-text feature sums, without full-resolution tensors.
 
     ``feats`` (h, w, D) dense features, ``text_emb`` (T, D) unit rows (same device). Returns
@@ -179,24 +180,30 @@ def label_and_pool(feats, text_emb, out_hw: tuple[int, int], row_chunk: int = 64
     logits = F.normalize(feats, dim=-1) @ text_emb.float().T                      # (h, w, T)
     x0, x1, lx = (t.to(dev) for t in bilinear_taps(W, w))
     y0, y1, ly = (t.to(dev) for t in bilinear_taps(H, h))
-    lxe = lx[None, :, None]
-    along_x = (1 - lxe) * logits[:, x0] + lxe * logits[:, x1]                     # (h, W, T)
+    along_x = torch.lerp(logits[:, x0], logits[:, x1], lx[None, :, None])          # (h, W, T)
     labels = torch.empty(H, W, dtype=torch.long, device=dev)
-    weight = torch.zeros(T * h * w, dtype=torch.float64, device=dev)
-    for r0 in range(0, H, max(1, int(row_chunk))):
-        r1 = min(H, r0 + max(1, int(row_chunk)))
-        lye = ly[r0:r1, None, None]
-        chunk = (1 - lye) * along_x[y0[r0:r1]] + lye * along_x[y1[r0:r1]]           # (c, W, T)
-        lab = chunk.argmax(dim=-1)                                                  # (c, W)
-        labels[r0:r1] = lab
-        base = lab * (h * w)
-        wy = ly[r0:r1, None].double()
-        wx = lx[None, :].double()
-        for yi, wyv in ((y0[r0:r1, None], 1 - wy), (y1[r0:r1, None], wy)):
-            for xj, wxv in ((x0[None, :], 1 - wx), (x1[None, :], wx)):
-                idx = (base + yi * w + xj).reshape(-1)
-                weight.index_add_(0, idx, (wyv * wxv).expand(lab.shape).reshape(-1))
-    sums = weight.view(T, h * w).float() @ feats.reshape(h * w, D)                # (T, D)
+    weight = torch.zeros(h, T * w, dtype=torch.float64, device=dev)                 # W_m[i, j] at [i, m*w + j]
+    step = max(1, int(row_chunk)) if row_chunk else (64 if dev.type == "cuda" else 8)
+    wx01 = torch.stack([(1 - lx).double(), lx.double()])[None]                     # (1, 2, W)
+    for r0 in range(0, H, step):
+        r1 = min(H, r0 + step)
+        if r1 - r0 == 1:   # one row: lerp two views with a scalar weight, no gather copies
+            lab = torch.lerp(along_x[y0[r0]], along_x[y1[r0]], float(ly[r0])).argmax(dim=-1)[None]
+        else:
+            lab = torch.lerp(along_x[y0[r0:r1]], along_x[y1[r0:r1]], ly[r0:r1, None, None]).argmax(dim=-1)
+        labels[r0:r1] = lab                                                         # (c, W)
+        # g[r, m*w + j] = sum_x [label(r, x) = m] Rx[x, j]; then W[i] += Ry[r, i] g[r]
+        c = r1 - r0
+        base = torch.arange(c, device=dev)[:, None] * (T * w) + lab * w
+        idx = torch.cat([(base + x0[None, :]).reshape(-1), (base + x1[None, :]).reshape(-1)])
+        g = torch.bincount(idx, weights=wx01.expand(c, 2, W).transpose(0, 1).reshape(-1), minlength=c * T * w)
+        ry = torch.zeros(c, h, dtype=torch.float64, device=dev)                    # Ry rows of the chunk
+        rows = torch.arange(c, device=dev)
+        ry[rows, y0[r0:r1]] += 1 - ly[r0:r1].double()
+        ry[rows, y1[r0:r1]] += ly[r0:r1].double()
+        weight += ry.T @ g.view(c, T * w)
+    weight = weight.view(h, T, w).permute(1, 0, 2).reshape(T, h * w)
+    sums = weight.float() @ feats.reshape(h * w, D)                # (T, D)
     area = torch.bincount(labels.reshape(-1), minlength=T)
     return labels, sums, area
 
