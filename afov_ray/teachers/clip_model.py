@@ -374,13 +374,16 @@ def load_clip(path_or_state: str | os.PathLike | Mapping[str, Any] | None, cfg: 
     None / "" for a random initialisation (seeded; tests only). Mismatching keys or shapes raise
     :class:`DataError` naming the file and the first offending keys.
     """
-    model = build_clip(cfg, seed=seed)
     if path_or_state is None or (isinstance(path_or_state, (str, os.PathLike)) and not os.fspath(path_or_state)):
-        return model
-    if isinstance(path_or_state, Mapping):
-        item, sd = "<state dict>", dict(path_or_state)
-    else:
+        return build_clip(cfg, seed=seed)
+    from_file = not isinstance(path_or_state, Mapping)
+    if from_file:
         item, sd = os.fspath(path_or_state), read_state_dict(path_or_state)
+        with torch.device("meta"):   # no random init of weights about to be replaced by the file's
+            model = CLIP(cfg)
+    else:   # copy, so the model never aliases the caller's tensors
+        item, sd = "<state dict>", dict(path_or_state)
+        model = build_clip(cfg, seed=seed)
     sd = clean_state_dict(sd)
     own = model.state_dict()
     bad_shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -390,5 +393,5 @@ def load_clip(path_or_state: str | os.PathLike | Mapping[str, Any] | None, cfg: 
     if bad_shapes or missing or unexpected:
         raise DataError(item, f"checkpoint does not match the CLIP config ({cfg}): shape mismatches "
                               f"{bad_shapes[:5]}, missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    model.load_state_dict(sd, strict=True)
+    model.load_state_dict(sd, strict=True, assign=from_file)
     return model.eval()
