@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -86,6 +87,14 @@ def test_checkpoint_file_loads(tmp_path, tiny):
     torch.save(wrapped, tmp_path / "wrapped.pt")
     m2 = load_clip(tmp_path / "wrapped.pt", TINY)
     assert torch.allclose(m2.state_dict()["visual.proj"], sd["visual.proj"].half().float())
+    # OpenAI's original checkpoints are TorchScript archives: read through torch.jit.load
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.trace_module(tiny, {"encode_image": img})
+        scripted.save(str(tmp_path / "openai_style.pt"))
+        m3 = load_clip(tmp_path / "openai_style.pt", TINY)
+    for k, v in sd.items():
+        assert torch.equal(m3.state_dict()[k], v), k
     # a checkpoint of another shape names the file and the key
     with pytest.raises(DataError, match=r"tiny\.pt.*visual\.conv1\.weight"):
         load_clip(path, clip_config("tiny", patch_size=8))
