@@ -254,12 +254,16 @@ class MaskCLIPTeacher:
         templates = self.cfg.template_list()
         unique = sorted(set(texts))
         prompts = [t.format(text) for text in unique for t in templates]
-        out = []
+        tokens = self.tokenizer(prompts)
+        order = torch.argsort(tokens.argmax(dim=-1), stable=True)   # similar lengths share a batch
+        per_prompt = torch.empty(len(prompts), self.feature_dim, dtype=torch.float32, device=self.device)
+        step = max(1, self.cfg.text_batch)
         with torch.inference_mode():
-            for s in range(0, len(prompts), max(1, self.cfg.text_batch)):
-                tok = self.tokenizer(prompts[s:s + self.cfg.text_batch]).to(self.device)
-                out.append(F.normalize(self.model.encode_text(tok).float(), dim=-1))
-            per_prompt = torch.cat(out).view(len(unique), len(templates), -1)
+            for s in range(0, len(prompts), step):
+                idx = order[s:s + step].to(self.device)
+                emb = self.model.encode_text(tokens[order[s:s + step]].to(self.device)).float()
+                per_prompt[idx] = F.normalize(emb, dim=-1)
+            per_prompt = per_prompt.view(len(unique), len(templates), -1)
             per_text = F.normalize(per_prompt.mean(dim=1), dim=-1)
         row = {text: i for i, text in enumerate(unique)}
         return per_text[[row[t] for t in texts]].cpu()
