@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from afov_ray.errors import DataError
-
 from afov_ray.teachers.maskclip import MaskCLIPConfig
 from afov_ray.teachers.simulated import SimTeacherConfig
 
