@@ -11,6 +11,11 @@ Teachers available here:
 
 - ``simulated`` (``afov_ray.teachers.simulated``): generated datasets only; re-renders each camera's
   ground truth from the generator's saved scene and corrupts it like a real teacher.
+- ``maskclip`` (``afov_ray.teachers.maskclip``): a built-in MaskCLIP teacher on local CLIP weights;
+  reads each camera image (``cam_image_path`` of the sweep shards, relative to ``dataroot``, local or
+  S3). Text embeddings are computed once (a GPU task when GPU actors are used) and handed to the
+  actors. Actors take ``actor_gpus`` GPUs each when ``use_gpu`` is true, or when it is None (auto)
+  and the Ray cluster has GPUs; CPU actors otherwise.
 
 Official SAN / CAT-Seg / FC-CLIP outputs are brought in with ``afov_ray.teachers.official``.
 Layout: ``<out>/<run_id>/run.json``, ``text_embedding.npy``, ``images/<scene>.parquet``.
@@ -19,9 +24,12 @@ Layout: ``<out>/<run_id>/run.json``, ``text_embedding.npy``, ``images/<scene>.pa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+
 import numpy as np
 
+from afov_ray.errors import DataError
+from afov_ray.teachers.maskclip import MaskCLIPConfig
 from afov_ray.teachers.simulated import SimTeacherConfig
 
 
@@ -32,9 +40,12 @@ class TeacherPassConfig:
     version: str = "v1.0-trainval"
     dictionary: str = "nuscenes"
     sim: SimTeacherConfig = field(default_factory=SimTeacherConfig)
+    maskclip: MaskCLIPConfig = field(default_factory=MaskCLIPConfig)
     max_actors: int = 2
     actor_cpus: float = 0.5
     batch_size: int = 6
+    use_gpu: bool | None = None        # maskclip actors: None = GPUs iff the Ray cluster has some
+    actor_gpus: float = 1.0            # GPUs per actor when GPU actors are used
 
 
 def teacher_run(cfg: TeacherPassConfig):
@@ -43,9 +54,12 @@ def teacher_run(cfg: TeacherPassConfig):
     from afov_ray.teachers.schema import TeacherRun, TextEmbeddingTable
     from afov_ray.teachers.simulated import simulated_text_embeddings
 
+    if cfg.teacher == "maskclip":
+        return _maskclip_run(cfg)
     if cfg.teacher != "simulated":
         raise ValueError(f"teacher {cfg.teacher!r} is not available in this build; use 'simulated' for "
-                         "generated data or import official outputs with afov_ray.teachers.official")
+                         "generated data, 'maskclip' for the built-in MaskCLIP teacher, or import official "
+                         "outputs with afov_ray.teachers.official")
     d = ClassDictionary.load(cfg.dictionary)
     emb = simulated_text_embeddings(list(d.texts), d.text_to_category, dim=cfg.sim.feature_dim, seed=cfg.sim.seed)
     sim = cfg.sim
@@ -54,6 +68,51 @@ def teacher_run(cfg: TeacherPassConfig):
     run = TeacherRun(name=sim.name, vocabulary_hash=d.vocabulary_hash(), model_id=model_id,
                      feature_dim=sim.feature_dim, created="")
     return run, TextEmbeddingTable(embeddings=emb, void_row=False, num_texts=d.num_texts)
+
+
+def _maskclip_run(cfg: TeacherPassConfig):
+    """MaskCLIP run record: text embeddings of the dictionary from the configured CLIP (loaded here)."""
+    from afov_ray.teachers.dictionary import ClassDictionary
+    from afov_ray.teachers.maskclip import MaskCLIPTeacher, model_id
+    from afov_ray.teachers.schema import TeacherRun, TextEmbeddingTable
+
+    d = ClassDictionary.load(cfg.dictionary)
+    teacher = MaskCLIPTeacher(cfg.maskclip, list(d.texts))
+    emb = teacher.text_embeddings.cpu().numpy().astype(np.float32)
+    run = TeacherRun(name=cfg.maskclip.name, vocabulary_hash=d.vocabulary_hash(), model_id=model_id(cfg.maskclip),
+                     feature_dim=teacher.feature_dim, created="")
+    return run, TextEmbeddingTable(embeddings=emb, void_row=False, num_texts=d.num_texts)
+
+
+class MaskCLIPTeacherActor:
+    """Callable class for ``map_batches``: loads the MaskCLIP model once, then labels camera images."""
+
+    def __init__(self, cfg: TeacherPassConfig, text_embeddings: np.ndarray):
+        from afov_ray.teachers.dictionary import ClassDictionary
+        from afov_ray.teachers.maskclip import MaskCLIPTeacher
+
+        self.cfg = cfg
+        d = ClassDictionary.load(cfg.dictionary)
+        self.teacher = MaskCLIPTeacher(cfg.maskclip, list(d.texts), text_embeddings=text_embeddings)
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        from afov_ray.storage import uri as suri
+        from afov_ray.teachers.maskclip import decode_image
+        from afov_ray.teachers.schema import to_table
+
+        images = []
+        for i in range(len(batch["camera_token"])):
+            rel = str(batch["cam_image_path"][i])
+            path = suri.join(self.cfg.dataroot, rel) if self.cfg.dataroot else rel
+            try:
+                data = suri.read_bytes(path)
+            except (OSError, FileNotFoundError) as exc:
+                raise DataError(path, f"cannot read camera image: {exc}") from exc
+            image = decode_image(data, path)
+            images.append(self.teacher(image, sample_token=str(batch["sample_token"][i]),
+                                       camera=str(batch["camera"][i]), camera_token=str(batch["camera_token"][i]),
+                                       scene_token=str(batch["scene"][i])))
+        return to_table(images)
 
 
 class SimulatedTeacherActor:
@@ -90,7 +149,8 @@ class SimulatedTeacherActor:
 
 
 def camera_items(sweeps_uri: str, scenes: list[str] | None = None) -> list[dict]:
-    """(scene, sample_token, camera, camera_token) for every camera of every keyframe in the shards."""
+    """(scene, sample_token, camera, camera_token, cam_image_path) for every camera of every keyframe
+    in the shards (``cam_image_path`` relative to the dataroot)."""
     import pyarrow.parquet as pq
 
     from afov_ray.storage import uri as suri
@@ -103,12 +163,26 @@ def camera_items(sweeps_uri: str, scenes: list[str] | None = None) -> list[dict]
         if scenes is not None and scene not in scenes:
             continue
         fs, path = suri.resolve(suri.join(sweeps_uri, name))
-        t = pq.read_table(path, filesystem=fs, columns=["scene", "sample_token", "cam_channel", "cam_token"])
+        t = pq.read_table(path, filesystem=fs,
+                          columns=["scene", "sample_token", "cam_channel", "cam_token", "cam_image_path"])
         for row in t.to_pylist():
-            for ch, tok in zip(row["cam_channel"], row["cam_token"]):
+            for ch, tok, img in zip(row["cam_channel"], row["cam_token"], row["cam_image_path"]):
                 items.append({"scene": row["scene"], "sample_token": row["sample_token"], "camera": ch,
-                              "camera_token": tok})
+                              "camera_token": tok, "cam_image_path": img})
     return items
+
+
+def _actor_gpus(cfg: TeacherPassConfig) -> float:
+    """GPUs per teacher actor: 0 for the simulated teacher; for maskclip ``actor_gpus`` when
+    ``use_gpu`` is true, or when it is None and the Ray cluster reports GPUs."""
+    if cfg.teacher != "maskclip" or cfg.use_gpu is False:
+        return 0.0
+    if cfg.use_gpu is None:
+        import ray
+
+        if ray.cluster_resources().get("GPU", 0) <= 0:
+            return 0.0
+    return float(cfg.actor_gpus)
 
 
 def run_teacher_pass(sweeps_uri: str, out_uri: str, cfg: TeacherPassConfig, progress: bool = True) -> dict:
@@ -122,7 +196,11 @@ def run_teacher_pass(sweeps_uri: str, out_uri: str, cfg: TeacherPassConfig, prog
     from afov_ray.storage.atomic import atomic_write_bytes, atomic_write_json, atomic_write_parquet
     from afov_ray.teachers.schema import from_table
 
-    run, text = teacher_run(cfg)
+    gpus = _actor_gpus(cfg)
+    if gpus > 0:   # text embeddings where the actors will run: one GPU task
+        run, text = ray.get(ray.remote(num_gpus=gpus, num_cpus=cfg.actor_cpus)(teacher_run).remote(cfg))
+    else:
+        run, text = teacher_run(cfg)
     run_uri = suri.join(out_uri, run.run_id)
     images_uri = suri.join(run_uri, "images")
     import io
@@ -132,7 +210,8 @@ def run_teacher_pass(sweeps_uri: str, out_uri: str, cfg: TeacherPassConfig, prog
     atomic_write_bytes(suri.join(run_uri, "text_embedding.npy"), buf.getvalue())
     atomic_write_json(suri.join(run_uri, "run.json"), run.to_dict() | {
         "void_row": bool(text.void_row), "num_texts": int(text.num_texts), "config": {
-            "teacher": cfg.teacher, "dataroot": cfg.dataroot, "version": cfg.version}})
+            "teacher": cfg.teacher, "dataroot": cfg.dataroot, "version": cfg.version}
+        | ({"maskclip": asdict(cfg.maskclip), "actor_gpus": gpus} if cfg.teacher == "maskclip" else {})})
     done = {n[: -len(".parquet")] for n in suri.listdir(images_uri) if n.endswith(".parquet")} \
         if suri.exists(images_uri) else set()
     items = [it for it in camera_items(sweeps_uri) if it["scene"] not in done]
@@ -141,10 +220,14 @@ def run_teacher_pass(sweeps_uri: str, out_uri: str, cfg: TeacherPassConfig, prog
                "images": len(items), "errors": []}
     if not items:
         return summary
+    if cfg.teacher == "maskclip":
+        actor, kwargs = MaskCLIPTeacherActor, {"cfg": cfg, "text_embeddings": text.vocabulary_rows}
+    else:
+        actor, kwargs = SimulatedTeacherActor, {"cfg": cfg}
     ds = ray.data.from_items(items).map_batches(
-        SimulatedTeacherActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
+        actor, fn_constructor_kwargs=kwargs, batch_size=cfg.batch_size,
         compute=ActorPoolStrategy(min_size=1, max_size=max(1, cfg.max_actors)), num_cpus=cfg.actor_cpus,
-        batch_format="numpy")
+        batch_format="numpy", **({"num_gpus": gpus} if gpus > 0 else {}))
     per_scene: dict[str, list[pa.Table]] = {}
     remaining = {s: sum(it["scene"] == s for it in items) for s in scenes}
     bar = tqdm(total=len(items), unit="img", desc="teacher", disable=not progress)
