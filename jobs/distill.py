@@ -2,7 +2,7 @@
 
 Example:
     python jobs/distill.py --config configs/distill.yaml data.pairing=outputs/demo/pairing \\
-        data.split_file=outputs/demo/splits.json model.init=models:/afov-tmp@latest
+        data.split_file=outputs/demo/splits.json model.init=models:/afov-tmp@current
 model.init takes models:/name@alias, models:/name/version, runs:/..., a checkpoint folder/file or s3:// URI.
 """
 

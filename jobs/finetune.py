@@ -2,7 +2,7 @@
 on ground-truth labels, initialised from TMP or distillation (model.init).
 
 Example:
-    python jobs/finetune.py --config configs/finetune.yaml data.split_file=splits.json model.init=models:/afov-tmp@latest
+    python jobs/finetune.py --config configs/finetune.yaml data.split_file=splits.json model.init=models:/afov-tmp@current
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ class TrackingConfig:
     experiment: str = "afov_ray"
     run_name: str | None = None
     register_as: str | None = None       # registered model name, e.g. "afov-tmp"
-    alias: str | None = "latest"         # alias set on the newly registered version
+    alias: str | None = "current"        # alias moved to each newly registered version ("latest" is reserved by MLflow)
     enabled: bool = True
 
 
