@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated scene names to restrict to (after --split)")
     p.add_argument("--num-cpus", type=int, default=None,
                    help="CPUs of the local Ray started by this job (default: all); ignored with --address")
+    p.add_argument("--no-splits", action="store_true",
+                   help="do not write <out>/splits.json (nuScenes: train, val and the pinned 1%% rule train_1pct)")
+    p.add_argument("--min-1pct-scenes", type=int, default=0,
+                   help="top the 1%% split up to this many scenes when the rule selects fewer (small data); "
+                        "recorded in the split file")
     p.add_argument("--address", default=None,
                    help="Ray cluster address (e.g. 'auto' or ray://head:10001); default: start a local Ray")
     p.add_argument("--no-ray", action="store_true",
@@ -58,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         use_ray=not args.no_ray, num_cpus=args.num_cpus, address=args.address,
         rows_per_group=args.rows_per_group, compression=args.compression, progress=not args.no_progress,
     )
+    if args.dataset == "nuscenes" and not args.no_splits:
+        from afov_ray.datasets.nuscenes import NuScenesReader
+        from afov_ray.datasets.splits import standard_nuscenes_splits, write_split_file
+        from afov_ray.storage import uri as suri
+
+        reader = NuScenesReader(args.dataroot, args.version or "v1.0-trainval")
+        splits = standard_nuscenes_splits(reader, min_1pct_scenes=args.min_1pct_scenes)
+        write_split_file(suri.join(args.out, "splits.json"), splits)
+        print("splits: " + ", ".join(f"{k}={len(v.scenes)} scenes" for k, v in splits.items()))
     d = summary.to_dict()
     d["errors"] = len(d["errors"])
     print(json.dumps(d, indent=2))

@@ -111,6 +111,16 @@ def make_nuscenes_splits(
     return out
 
 
+def standard_nuscenes_splits(reader: Any, skip_step: int = 100, min_1pct_scenes: int = 0) -> dict[str, Split]:
+    """The splits every job uses: "train" (all train scenes), "val", and "train_1pct" (the pinned
+    1 % rule of afov-reference.md 6.1; on small data it selects nothing unless ``min_1pct_scenes`` is
+    set, and the rule record says how many scenes were added)."""
+    full = make_nuscenes_splits(reader, ("train", "val"), skip_step=1)
+    one = make_nuscenes_splits(reader, ("train",), skip_step=skip_step, min_scenes=min_1pct_scenes)["train"]
+    full["train_1pct"] = Split(name="train_1pct", scenes=one.scenes, keyframes=one.keyframes, rule=one.rule)
+    return full
+
+
 # -- SemanticKITTI ----------------------------------------------------------------------------------
 def kitti_velodyne_paths(root: str | os.PathLike, sequences: Iterable[str]) -> list[str]:
     """Full paths of ``root/sequences/<seq>/velodyne/*.bin``, sorted lexicographically."""
@@ -159,19 +169,20 @@ def make_kitti_splits(
 
 # -- files ------------------------------------------------------------------------------------------
 def write_split_file(path: str | os.PathLike, splits: dict[str, Split]) -> None:
-    """Write splits as JSON: {"format": 1, "splits": {name: {scenes, keyframes, rule}}}."""
+    """Write splits as JSON: {"format": 1, "splits": {name: {scenes, keyframes, rule}}}, atomically,
+    to a local path or an ``s3://`` URI."""
+    from afov_ray.storage.atomic import atomic_write_json
+
     doc = {"format": SPLIT_FILE_FORMAT, "splits": {k: asdict(v) for k, v in splits.items()}}
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_json(str(path), doc, indent=1)
 
 
 def read_split_file(path: str | os.PathLike) -> dict[str, Split]:
     """Read a file written by :func:`write_split_file`. DataError naming the file if malformed."""
+    from afov_ray.storage import uri as suri
+
     try:
-        with open(path) as f:
-            doc = json.load(f)
+        doc = json.loads(suri.read_bytes(str(path)))
         if doc.get("format") != SPLIT_FILE_FORMAT:
             raise ValueError(f"unknown format {doc.get('format')!r}")
         return {
