@@ -37,9 +37,12 @@ class PairingConfig:
     rule: str = "zbuffer"            # "zbuffer" (default) | "official"
     min_depth: float = 1.0
     superpixel_stride: int = OFFICIAL_STRIDE
-    occlusion_window: int = 7        # min-filter window (pixels at 1600x900; scaled with image width)
+    occlusion: bool = True           # z-buffer test (rule "zbuffer" only)
+    occlusion_window_deg: float = 1.5   # min-filter window as a view angle (>= the LiDAR ring spacing,
+                                        # 1.33 deg on nuScenes, so occluders between rings are caught)
     occlusion_rel_tol: float = 0.10  # visible iff depth <= window_min_depth * (1 + rel) + abs
     occlusion_abs_tol: float = 0.5
+    multi_camera: str = "centre"     # rule "zbuffer": "centre" (closest to the image centre) | "last"
 
 
 @dataclass
@@ -106,12 +109,14 @@ def min_filter(img: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
-def occlusion_test(pixel: np.ndarray, depth: np.ndarray, height: int, width: int, cfg: PairingConfig) -> np.ndarray:
-    """Visible mask for projected points: a sparse LiDAR depth image, min-filtered over a window,
-    is the occluder depth; a point is visible iff depth <= occluder * (1 + rel_tol) + abs_tol."""
+def occlusion_test(pixel: np.ndarray, depth: np.ndarray, height: int, width: int, cfg: PairingConfig,
+                   focal: float = 1266.0) -> np.ndarray:
+    """Visible mask for projected points: a sparse LiDAR depth image, min-filtered over a window of
+    ``occlusion_window_deg`` (``focal`` pixels per radian), is the occluder depth; a point is visible
+    iff depth <= occluder * (1 + rel_tol) + abs_tol."""
     zbuf = np.full((height, width), np.inf, dtype=np.float64)
     np.minimum.at(zbuf, (pixel[:, 0], pixel[:, 1]), depth)
-    win = max(1, int(round(cfg.occlusion_window * width / 1600.0)) | 1)
+    win = max(1, int(round(focal * np.tan(np.radians(cfg.occlusion_window_deg)))) | 1)
     occ = min_filter(zbuf, win)[pixel[:, 0], pixel[:, 1]]
     return depth <= occ * (1.0 + cfg.occlusion_rel_tol) + cfg.occlusion_abs_tol
 
@@ -123,6 +128,8 @@ def pair_keyframe(keyframe, masks: list[CameraMasks | None], text_to_raw: np.nda
     cfg = cfg or PairingConfig()
     if cfg.rule not in ("official", "zbuffer"):
         raise ValueError(f"pairing rule must be 'official' or 'zbuffer', got {cfg.rule!r}")
+    if cfg.multi_camera not in ("centre", "last"):
+        raise ValueError(f"multi_camera must be 'centre' or 'last', got {cfg.multi_camera!r}")
     n = keyframe.num_points
     xyz = np.asarray(keyframe.points[:, :3], dtype=np.float64)
     item = keyframe.sample_token
@@ -142,8 +149,8 @@ def pair_keyframe(keyframe, masks: list[CameraMasks | None], text_to_raw: np.nda
             raise DataError(f"{item}/{cam.channel}", f"mask map shape {mm.shape} differs from image "
                             f"size {(cam.height, cam.width)}")
         idx, pix, depth, uv = _project(xyz, cam.lidar_to_cam, cam.K, cam.width, cam.height, cfg.min_depth)
-        if cfg.rule == "zbuffer" and len(idx):
-            vis = occlusion_test(pix, depth, cam.height, cam.width, cfg)
+        if cfg.rule == "zbuffer" and cfg.occlusion and len(idx):
+            vis = occlusion_test(pix, depth, cam.height, cam.width, cfg, focal=float(cam.K[1, 1]))
             idx, pix, depth, uv = idx[vis], pix[vis], depth[vis], uv[vis]
         m = mm[pix[:, 0], pix[:, 1]].astype(np.int64)
         if m.size and m.max() >= cfg.superpixel_stride:
@@ -160,7 +167,7 @@ def pair_keyframe(keyframe, masks: list[CameraMasks | None], text_to_raw: np.nda
                                 f"(0..{len(text_to_raw) - 1})")
             sel = idx[m == v]
             raw = int(text_to_raw[t])
-            if cfg.rule == "official":
+            if cfg.rule == "official" or cfg.multi_camera == "last":
                 pseudo_raw[sel] = raw
                 superpoint[sel] = counter
             else:
