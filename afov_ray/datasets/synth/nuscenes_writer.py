@@ -165,7 +165,7 @@ def generate_nuscenes(dataroot: str | Path, cfg: SynthConfig | None = None) -> P
                 rng = np.random.default_rng([s, si, k, ci])
                 if ch == "LIDAR_TOP":
                     fname = f"samples/LIDAR_TOP/{logfile}__LIDAR_TOP__{ts}.pcd.bin"
-                    sw = simulate_sweep(scene, t, E @ T_l2e, HDL32E_ELEVATIONS_DEG[:cfg.num_beams]
+                    sw = simulate_sweep(scene, t, E @ T_l2e, HDL32E_ELEVATIONS_DEG
                                         if cfg.num_beams == 32 else np.linspace(-30.67, 10.67, cfg.num_beams),
                                         cfg.azimuth_steps, rng, cfg.lidar_max_range, cfg.lidar_range_noise,
                                         cfg.lidar_dropout, ego_body=True, drop_ego=cfg.ego_hits == "drop")
