@@ -129,21 +129,13 @@ class SpconvEngine(SparseEngine):
         k = kernel_size_of(kernel)
         mod = self._module(kind, kernel.shape[1], kernel.shape[2], k, x.stride)
         native = x.context.cache[("sp", x.stride)].replace_feature(x.feats)
-        return _call_single_threaded(mod, canonical_to_spconv(kernel), native, x.feats.device)
+        return _call_single_threaded(mod, canonical_to_spconv(kernel).contiguous(), native, x.feats.device)
 
     def _wrap(self, out, stride: int, context: SparseContext) -> SparseTensor:
-        """Store a new level, re-sorted lexicographically (spconv's CPU submanifold conv gives wrong
-        results on unsorted indices, measured with spconv 2.3.8); keep the permutation for ``up``."""
-        order = _lex_order(out.indices)
-        context.cache[("raw", stride)] = out
-        context.cache[("order", stride)] = order
-        sorted_native = self.sp.SparseConvTensor(out.features[order], out.indices[order].contiguous(),
-                                                 out.spatial_shape, out.batch_size,
-                                                 indice_dict=out.indice_dict)
-        context.cache[("sp", stride)] = sorted_native
-        coords = sorted_native.indices.clone()
+        context.cache[("sp", stride)] = out
+        coords = out.indices.clone()
         coords[:, 1:] += context.cache["shift"] // stride
-        return SparseTensor(sorted_native.features, coords, stride, context)
+        return SparseTensor(out.features, coords, stride, context)
 
     def begin(self, coords, feats):
         check_coords(coords, feats)
@@ -176,12 +168,5 @@ class SpconvEngine(SparseEngine):
         return self._wrap(self._run("down", x, kernel), x.stride * 2, x.context)
 
     def up_conv(self, x, kernel, target):
-        # The inverse conv reads its input in the order the down conv produced it (before re-sorting).
-        cache = x.context.cache
-        order = cache[("order", x.stride)]
-        raw_feats = torch.empty_like(x.feats).index_copy(0, order, x.feats)
-        k = kernel_size_of(kernel)
-        mod = self._module("up", kernel.shape[1], kernel.shape[2], k, x.stride)
-        native = cache[("raw", x.stride)].replace_feature(raw_feats)
-        out = _call_single_threaded(mod, canonical_to_spconv(kernel), native, x.feats.device)
+        out = self._run("up", x, kernel)  # output on the down conv's input voxels = target's, same order
         return target.with_feats(out.features)
