@@ -38,7 +38,7 @@ class DemoConfig:
     num_cpus: int | None = None
     address: str | None = None
     synth: SynthConfig = field(default_factory=lambda: SynthConfig(
-        num_scenes=4, keyframes_per_scene=4, num_val_scenes=1, image_width=320, image_height=180,
+        num_scenes=4, keyframes_per_scene=3, num_val_scenes=1, image_width=320, image_height=180,
         azimuth_steps=720))
     teacher: SimTeacherConfig = field(default_factory=SimTeacherConfig)
     pairing: PairingConfig = field(default_factory=PairingConfig)
@@ -47,9 +47,9 @@ class DemoConfig:
     tmp: TMPConfig = field(default_factory=TMPConfig)
     tmp_budget: StageBudget = field(default_factory=lambda: StageBudget(epochs=2, batch_size=2, lr=0.1,
                                                                            lr_head=None))
-    distill_budget: StageBudget = field(default_factory=lambda: StageBudget(epochs=3, batch_size=2))
-    finetune_budget: StageBudget = field(default_factory=lambda: StageBudget(epochs=3, batch_size=2))
-    probe_budget: StageBudget = field(default_factory=lambda: StageBudget(epochs=2, batch_size=2, lr=0.05,
+    distill_budget: StageBudget = field(default_factory=lambda: StageBudget(epochs=2, batch_size=2))
+    finetune_budget: StageBudget = field(default_factory=lambda: StageBudget(epochs=2, batch_size=2))
+    probe_budget: StageBudget = field(default_factory=lambda: StageBudget(epochs=1, batch_size=2, lr=0.05,
                                                                              lr_head=None))
     min_1pct_scenes: int = 1
     experiment: str = "afov_demo"
@@ -133,7 +133,6 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     results["tmp"] = train("tmp", "afov-tmp", cfg.tmp_budget, None)
     results["distill"] = train("distill", "afov-distill", cfg.distill_budget, "models:/afov-tmp@current")
-    results["distill_random_init"] = train("distill", "afov-distill-random", cfg.distill_budget, None)
     results["finetune_1pct"] = train("finetune", "afov-ft", cfg.finetune_budget, "models:/afov-tmp@current",
                                      train_split="train_1pct")
     results["linear_probe"] = train("finetune", "afov-lp", cfg.probe_budget, "models:/afov-tmp@current",
