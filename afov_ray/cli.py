@@ -49,7 +49,13 @@ def parse_job_args(cls, description: str, argv: list[str] | None = None, default
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. loop.num_epochs=2")
     ns = p.parse_args(argv)
-    cfg = load_config(cls, ns.config, ns.overrides)
+    config = ns.config
+    if config and config == default_config and not os.path.exists(config):
+        # the presets live in the repository's configs/: find them from any working directory
+        repo_default = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), config)
+        if os.path.exists(repo_default):
+            config = repo_default
+    cfg = load_config(cls, config, ns.overrides)
     if ns.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         raise SystemExit(0)

@@ -8,20 +8,7 @@ model.init takes models:/name@alias, models:/name/version, runs:/..., a checkpoi
 
 from __future__ import annotations
 
-from afov_ray.cli import parse_job_args
-from afov_ray.train.jobs import TrainJob, run_train_job
-
-
-def main(argv=None) -> int:
-    cfg, _ = parse_job_args(TrainJob, __doc__, argv, default_config="configs/distill.yaml")
-    result = run_train_job("distill", cfg)
-    if result.error is not None:
-        print(f"distill failed: {result.error}")
-        return 1
-    print(f"distill finished; checkpoint: {result.checkpoint.path if result.checkpoint else None}")
-    print(f"metrics: {result.metrics}")
-    return 0
-
+from afov_ray.train.jobs import job_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(job_main("distill", __doc__))

@@ -7,20 +7,7 @@ Example:
 
 from __future__ import annotations
 
-from afov_ray.cli import parse_job_args
-from afov_ray.train.jobs import TrainJob, run_train_job
-
-
-def main(argv=None) -> int:
-    cfg, _ = parse_job_args(TrainJob, __doc__, argv, default_config="configs/finetune.yaml")
-    result = run_train_job("finetune", cfg)
-    if result.error is not None:
-        print(f"finetune failed: {result.error}")
-        return 1
-    print(f"finetune finished; checkpoint: {result.checkpoint.path if result.checkpoint else None}")
-    print(f"metrics: {result.metrics}")
-    return 0
-
+from afov_ray.train.jobs import job_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(job_main("finetune", __doc__))

@@ -79,4 +79,18 @@ def run_train_job(kind: str, cfg: TrainJob):
     return run_stage(stage, cfg.loop, cfg.scale, cfg.run, datasets)
 
 
-__all__ = ["DataConfig", "TrainJob", "run_train_job", "OptimConfig", "TrackingConfig"]
+__all__ = ["DataConfig", "TrainJob", "run_train_job", "job_main", "OptimConfig", "TrackingConfig"]
+
+
+def job_main(kind: str, description: str, argv=None) -> int:
+    """The body of ``jobs/tmp.py`` / ``jobs/distill.py`` / ``jobs/finetune.py``."""
+    from afov_ray.cli import parse_job_args
+
+    cfg, _ = parse_job_args(TrainJob, description, argv, default_config=f"configs/{kind}.yaml")
+    result = run_train_job(kind, cfg)
+    if result.error is not None:
+        print(f"{kind} failed: {result.error}")
+        return 1
+    print(f"{kind} finished; checkpoint: {result.checkpoint.path if result.checkpoint else None}")
+    print(f"metrics: {result.metrics}")
+    return 0
