@@ -6,7 +6,8 @@ user's ``ScalingConfig`` / ``RunConfig`` (storage path local or ``s3://``, ``Che
 ``FailureConfig``) and the per-worker loop ``stage_loop`` does the rest the same way for all stages:
 
 - DDP via ``ray.train.torch.prepare_model`` after converting BatchNorm to SyncBatchNorm when there is
-  more than one worker (afov-reference.md 2.5: SyncBN with more than one GPU);
+  more than one GPU worker (afov-reference.md 2.5: SyncBN with more than one GPU; torch's SyncBN has
+  no CPU implementation, so CPU workers keep per-worker BN statistics);
 - SGD with dampening + head group and the cosine schedule of ``afov_ray.train.optim``;
 - ``ray.train.report`` with a checkpoint at the end of every epoch and every ``checkpoint_every_steps``
   steps; every worker reports (it is a barrier), rank 0 attaches the checkpoint;
@@ -129,7 +130,8 @@ def stage_loop(config: dict) -> None:
         _load_filtered(model, init)
     if loop.linear_probe:
         freeze_for_linear_probe(model)
-    if world > 1:
+    if world > 1 and device.type == "cuda":
+        # torch's SyncBatchNorm runs on CUDA only; CPU (gloo) workers keep per-worker BN statistics
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
     inner = model.module if hasattr(model, "module") else model

@@ -113,3 +113,36 @@ def test_pairing_shards_and_pseudo_label_quality(pipeline):
     spid, raw = decode_official(np.asarray(row["pseudo_code"]))
     assert np.array_equal(spid, np.asarray(row["superpoint"]))
     assert np.all((np.asarray(row["pseudo"]) == 0) | (spid >= 0))
+
+
+@pytest.mark.slow
+def test_validation_miou_identical_with_one_or_two_workers(pipeline, tmp_path):
+    """The dataset-level confusion matrix is all-reduced: splitting the val scans over 2 workers gives
+    the same mIoU as 1 worker. Weights are frozen (linear probe mode, lr 0) so only evaluation differs."""
+    import pyarrow.parquet as pq
+
+    from afov_ray.config import load_config
+    from afov_ray.datasets.nuscenes import NuScenesReader
+    from afov_ray.datasets.splits import standard_nuscenes_splits, write_split_file
+    from afov_ray.train.jobs import TrainJob, run_train_job
+
+    tmp = pipeline["tmp"]
+    splits = standard_nuscenes_splits(NuScenesReader(str(pipeline["root"]), "v1.0-trainval"))
+    write_split_file(tmp_path / "splits.json", splits)
+    metrics = []
+    for workers in (1, 2):
+        cfg = load_config(TrainJob, None, [
+            f"data.pairing={tmp / 'pair_zbuffer'}", f"data.split_file={tmp_path / 'splits.json'}",
+            "model.name=minkunet18", "loop.num_epochs=1", "loop.batch_size=1", "loop.linear_probe=true",
+            "loop.optim.lr=0.0", "loop.optim.lr_head=null", "loop.tracking.enabled=false",
+            f"scale.num_workers={workers}", "scale.cpus_per_worker=0.5", f"run.storage_path={tmp_path}",
+            f"run.name=val{workers}"])
+        res = run_train_job("finetune", cfg)
+        assert res.error is None
+        metrics.append(res.metrics)
+    val_points = sum(int((np.asarray(r["labels"]) > 0).sum()) for shard in (tmp / "pair_zbuffer").glob("*.parquet")
+                     for r in pq.read_table(shard).to_pylist() if r["scene"] in splits["val"].scenes)
+    assert metrics[0]["val/points"] == metrics[1]["val/points"] == val_points
+    assert metrics[0]["val/mIoU"] == pytest.approx(metrics[1]["val/mIoU"], abs=1e-12)
+    for c in range(1, 17):
+        assert metrics[0][f"val/IoU_{c}"] == pytest.approx(metrics[1][f"val/IoU_{c}"], abs=1e-12)
