@@ -92,13 +92,14 @@ def plot_bev(xyz: np.ndarray, gt: np.ndarray, pred: np.ndarray, path: str | Path
     err = np.where(gt == 0, 0, np.where(gt == pred, 1, 2))
     err_pal = np.array([(0.8, 0.8, 0.8), (0.2, 0.7, 0.2), (0.85, 0.1, 0.1)])
     r = extent or (float(np.percentile(np.abs(xyz[:, :2]), 98)) if len(xyz) else 1.0)
+    size = float(np.clip(20000.0 / max(len(xyz), 1), 0.3, 4.0))  # visible dots for sparse and dense scans
     fig, axes = plt.subplots(1, 3, figsize=(15, 5))
     scored = gt > 0
     acc = float((gt[scored] == pred[scored]).mean()) if scored.any() else float("nan")
     for ax, colors, name in ((axes[0], pal[np.clip(pred, 0, num_classes - 1)], "prediction"),
                              (axes[1], pal[np.clip(gt, 0, num_classes - 1)], "ground truth"),
                              (axes[2], err_pal[err], f"error (accuracy {acc:.3f})")):
-        ax.scatter(xyz[:, 0], xyz[:, 1], c=colors, s=0.5, linewidths=0)
+        ax.scatter(xyz[:, 0], xyz[:, 1], c=colors, s=size, linewidths=0)
         ax.set_xlim(-r, r)
         ax.set_ylim(-r, r)
         ax.set_aspect("equal")
@@ -117,7 +118,7 @@ def plot_camera(image: np.ndarray, uv: np.ndarray, labels: np.ndarray, path: str
     fig, ax = plt.subplots(figsize=(10, 10 * h / max(w, 1) + 0.5))
     ax.imshow(image)
     ax.scatter(uv[:, 0], uv[:, 1], c=pal[np.clip(np.asarray(labels, np.int64), 0, num_classes - 1)],
-               s=max(1.0, 4.0 * w / 1600), linewidths=0)
+               s=12.0, linewidths=0, alpha=0.9)
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.axis("off")

@@ -360,3 +360,23 @@ def test_evaluate_records_bad_scans_and_draws_camera_plot(noisy, data, tmp_path)
     assert doc["scans"] == 6                      # 4 generated + tok-good + tok-nan (NaN xyz is fine to score)
     cams = [p for p in doc["plots"] if "camera_" in p]
     assert len(cams) == 1 and Path(cams[0]).stat().st_size > 0
+
+
+def test_evaluate_job_cli(noisy, ray_session, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
+    job = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules[spec.name] = job  # dataclasses resolve field types through the module
+    try:
+        spec.loader.exec_module(job)
+        rc = job.main([f"pred={noisy}", f"out={tmp_path / 'ev'}", "eval.plots=false", "eval.sources=[pred]",
+                       "eval.empty_union=nan"])
+    finally:
+        sys.modules.pop(spec.name, None)
+    assert rc == 1                                  # the two bad scans are reported
+    doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert doc["config"]["empty_union"] == "nan" and set(doc["sources"]) == {"pred"}
+    assert "ERROR scene-bad/tok-short" in capsys.readouterr().out
