@@ -1,0 +1,126 @@
+"""Evaluation figures (matplotlib, Agg backend; each function writes one PNG and returns its path).
+
+- ``plot_confusion``: row-normalised confusion matrix heatmap (GT rows, prediction columns).
+- ``plot_iou_bars``: per-class IoU bars, one bar per prediction source (raw / AFI / pseudo).
+- ``plot_bev``: bird's-eye view of one scan: prediction | ground truth | error map.
+- ``plot_camera``: predictions projected on a camera image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def class_palette(num_classes: int = 17) -> np.ndarray:
+    """(C, 3) float RGB in [0, 1]: class 0 light grey, classes 1.. from tab20."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    pal = np.array([cmap(i % 20)[:3] for i in range(num_classes)], dtype=np.float64)
+    pal[0] = (0.85, 0.85, 0.85)
+    return pal
+
+
+def _save(fig, path: str | Path) -> str:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+    return str(path)
+
+
+def plot_confusion(H: np.ndarray, names: Sequence[str], path: str | Path, title: str = "",
+                   ignore_index: int | None = 0) -> str:
+    """Heatmap of H[gt, pred] normalised per GT row (the ignore row is dropped)."""
+    plt = _plt()
+    h = np.asarray(H, dtype=np.float64)
+    rows = [c for c in range(h.shape[0]) if c != ignore_index]
+    m = h[rows]
+    m = m / np.maximum(m.sum(1, keepdims=True), 1.0)
+    fig, ax = plt.subplots(figsize=(9, 7.5))
+    im = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(h.shape[1]), [names[c] for c in range(h.shape[1])], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), [names[c] for c in rows], fontsize=7)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title or "confusion (row-normalised)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_iou_bars(ious: dict[str, Sequence[float]], names: Sequence[str], path: str | Path,
+                  title: str = "", ignore_index: int | None = 0) -> str:
+    """Grouped bars of per-class IoU (in %), one colour per source; legend shows the mIoU."""
+    plt = _plt()
+    classes = [c for c in range(len(names)) if c != ignore_index]
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    k = max(len(ious), 1)
+    width = 0.8 / k
+    for i, (src, iou) in enumerate(ious.items()):
+        vals = np.array([iou[c] for c in classes], dtype=np.float64) * 100.0
+        ax.bar(np.arange(len(classes)) + (i - (k - 1) / 2) * width, np.nan_to_num(vals), width,
+               label=f"{src} (mIoU {np.nanmean(vals):.1f})")
+    ax.set_xticks(range(len(classes)), [names[c] for c in classes], rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "per-class IoU")
+    return _save(fig, path)
+
+
+def plot_bev(xyz: np.ndarray, gt: np.ndarray, pred: np.ndarray, path: str | Path, title: str = "",
+             num_classes: int = 17, extent: float | None = None) -> str:
+    """Three BEV panels: prediction, ground truth (class colours) and error (green = correct,
+    red = wrong, grey = GT ignore)."""
+    plt = _plt()
+    pal = class_palette(num_classes)
+    xyz = np.asarray(xyz)
+    gt = np.asarray(gt, np.int64)
+    pred = np.asarray(pred, np.int64)
+    err = np.where(gt == 0, 0, np.where(gt == pred, 1, 2))
+    err_pal = np.array([(0.8, 0.8, 0.8), (0.2, 0.7, 0.2), (0.85, 0.1, 0.1)])
+    r = extent or (float(np.percentile(np.abs(xyz[:, :2]), 98)) if len(xyz) else 1.0)
+    size = float(np.clip(20000.0 / max(len(xyz), 1), 0.3, 4.0))  # visible dots for sparse and dense scans
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5))
+    scored = gt > 0
+    acc = float((gt[scored] == pred[scored]).mean()) if scored.any() else float("nan")
+    for ax, colors, name in ((axes[0], pal[np.clip(pred, 0, num_classes - 1)], "prediction"),
+                             (axes[1], pal[np.clip(gt, 0, num_classes - 1)], "ground truth"),
+                             (axes[2], err_pal[err], f"error (accuracy {acc:.3f})")):
+        ax.scatter(xyz[:, 0], xyz[:, 1], c=colors, s=size, linewidths=0)
+        ax.set_xlim(-r, r)
+        ax.set_ylim(-r, r)
+        ax.set_aspect("equal")
+        ax.set_title(name)
+        ax.set_xlabel("x (m)")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_camera(image: np.ndarray, uv: np.ndarray, labels: np.ndarray, path: str | Path, title: str = "",
+                num_classes: int = 17) -> str:
+    """Projected points (uv = column, row) coloured by class over the camera image."""
+    plt = _plt()
+    pal = class_palette(num_classes)
+    h, w = image.shape[:2]
+    fig, ax = plt.subplots(figsize=(10, 10 * h / max(w, 1) + 0.5))
+    ax.imshow(image)
+    ax.scatter(uv[:, 0], uv[:, 1], c=pal[np.clip(np.asarray(labels, np.int64), 0, num_classes - 1)],
+               s=12.0, linewidths=0, alpha=0.9)
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.axis("off")
+    ax.set_title(title)
+    return _save(fig, path)
