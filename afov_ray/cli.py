@@ -63,7 +63,13 @@ def parse_job_args(cls, description: str, argv: list[str] | None = None, default
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any):
-    """Join ``address`` (or ``RAY_ADDRESS``, set by ``ray job submit``) or start a local Ray."""
+    """Join ``address`` (or ``RAY_ADDRESS``, set by ``ray job submit``) or start a local Ray.
+
+    A local Ray starts WITH the dashboard (on 127.0.0.1): Ray Train V2's detached
+    ``PlacementGroupCleaner`` asks the State API, which the dashboard serves, whether a finished run's
+    controller is gone; without it the cleaner of an earlier fit in the same session can remove the
+    placement group of a later fit and kill its workers ("Destroying worker since its placement group
+    was removed"), seen when several fits run in one session (demo, quality benchmark, sweeps)."""
     import ray
 
     if ray.is_initialized():
@@ -72,5 +78,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        kwargs.setdefault("include_dashboard", True)
+        kwargs.setdefault("dashboard_host", "127.0.0.1")
+        ray.init(num_cpus=num_cpus, **kwargs)
     return ray

@@ -25,7 +25,7 @@ def pipeline(tmp_path_factory):
     generate_nuscenes(root, SynthConfig(num_scenes=2, keyframes_per_scene=2, num_val_scenes=1,
                                         image_width=240, image_height=135, azimuth_steps=540))
     prep = prepare_dataset("nuscenes", str(root), str(tmp), version="v1.0-trainval", use_ray=False, progress=False)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=256 * 2**20)
     try:
         tp = run_teacher_pass(str(tmp / "sweeps"), str(tmp / "teacher"),
                               TeacherPassConfig(dataroot=str(root)), progress=False)

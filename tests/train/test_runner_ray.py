@@ -45,7 +45,7 @@ def ray_session(tmp_path_factory):
     import ray
     import ray.cloudpickle
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=256 * 2**20)
     yield
     ray.shutdown()
 
