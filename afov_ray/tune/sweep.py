@@ -291,13 +291,28 @@ def _check(cfg: SweepJob, metric: str) -> None:
             raise ConfigError(f"config key 'sweep.teachers': teacher {t.name!r} needs both run and pairing")
 
 
+def _init_ray_with_state_api(address: str | None) -> None:
+    """Join ``address`` / $RAY_ADDRESS, else start a local Ray WITH the dashboard: Train V2's detached
+    ``PlacementGroupCleaner`` asks the State API (served by the dashboard) whether a trial's Train
+    controller is alive; without it, the placement group of a finished trial's workers is never
+    removed and the next trial's data tasks wait forever for its CPUs (seen on a 2-CPU Ray)."""
+    import ray
+
+    from afov_ray.cli import init_ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized() or address:
+        init_ray(address)
+    else:
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+
+
 def run_sweep(cfg: SweepJob) -> dict:
     """Run (or resume) the sweep; returns a summary with the trials, the best one and its registration."""
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
-    from afov_ray.cli import init_ray
     from afov_ray.train.tracking import default_tracking_uri, ensure_experiment
 
     s = cfg.sweep
@@ -311,7 +326,7 @@ def run_sweep(cfg: SweepJob) -> dict:
         os.makedirs(storage, exist_ok=True)
     experiment_path = _join(storage, s.name)
     train_storage = _join(storage, f"{s.name}-train")
-    init_ray(s.address or cfg.scale.address)
+    _init_ray_with_state_api(s.address or cfg.scale.address)
 
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, kind=s.kind, base=to_dict(_base_job(cfg)),

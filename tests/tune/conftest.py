@@ -13,7 +13,10 @@ def ray_local():
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ctx = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    # the dashboard serves the State API, which Train V2's PlacementGroupCleaner needs to free the
+    # placement group of a finished trial (afov_ray.tune.sweep._init_ray_with_state_api)
+    ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=None,
+                   object_store_memory=256 * 2**20)
     yield ctx.address_info["gcs_address"]
     ray.shutdown()
 
