@@ -177,13 +177,14 @@ def register_model(tracking_uri: str, run_id: str, model: torch.nn.Module, name:
     import mlflow.pytorch
 
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    mlflow.set_registry_uri(tracking_uri)   # a registry URI set earlier in this process (e.g. by Tune's
+    with mlflow.start_run(run_id=run_id):   # MLflowLoggerCallback) would otherwise receive the model
         info = mlflow.pytorch.log_model(
             model, name="model", serialization_format="pickle",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             registered_model_name=name,
         )
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     version = int(info.registered_model_version)
     for k, v in (tags or {}).items():
         client.set_model_version_tag(name, str(version), k, str(v))

@@ -197,8 +197,36 @@ def trial_job(base: TrainJob, params: dict, teachers: list[TeacherChoice], trial
                    run=replace(cfg.run, name=trial_id, storage_path=train_storage, checkpoint_every_steps=0))
 
 
+def _created_placement_groups() -> dict[str, list]:
+    import ray
+
+    return {k: list(v["bundles"].values()) for k, v in ray.util.placement_group_table().items()
+            if v["state"] == "CREATED"}
+
+
+def _remove_leaked_placement_groups(before: dict[str, list], bundles: list[dict]) -> list[str]:
+    """Remove placement groups created during this trial's fit that are still reserved after it with
+    exactly the Train worker bundles. Workaround, Ray 2.60 on a 2-CPU node: when a Tune trial's
+    TorchTrainer finishes, its worker placement group stays CREATED (its detached PlacementGroupCleaner
+    keeps polling) and the next trial's 1-CPU Ray Data tasks never get scheduled. Only used with
+    ``max_concurrent_trials == 1``, where no other trial can own such a group."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    removed = []
+    own = ray.util.get_current_placement_group()
+    for pg_id, b in _created_placement_groups().items():
+        if pg_id in before or (own is not None and own.id.hex() == pg_id):
+            continue
+        if [dict(x) for x in b] == bundles:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+            removed.append(pg_id)
+    return removed
+
+
 def sweep_trial(config: dict, *, kind: str, base: dict, teachers: list[dict], sweep_name: str,
-                train_storage: str, tracking_uri: str, init: str | None, driver_cpus: float) -> None:
+                train_storage: str, tracking_uri: str, init: str | None, driver_cpus: float,
+                remove_leaked_pgs: bool = False) -> None:
     """The Tune trainable: fit this trial's TorchTrainer, reporting each epoch to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -208,8 +236,12 @@ def sweep_trial(config: dict, *, kind: str, base: dict, teachers: list[dict], sw
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_job(from_dict(TrainJob, base), config, [from_dict(TeacherChoice, t) for t in teachers], trial_id,
                     sweep_name, train_storage, tracking_uri, init, driver_cpus)
+    before = _created_placement_groups() if remove_leaked_pgs else {}
     result = run_train_job(kind, cfg, callbacks=[TuneReportCallback()],
                            lineage={"sweep": sweep_name, "tune.trial_id": trial_id})
+    if remove_leaked_pgs:
+        worker = {"CPU": cfg.scale.cpus_per_worker, **({"GPU": 1.0} if cfg.scale.use_gpu else {})}
+        _remove_leaked_placement_groups(before, [worker] * cfg.scale.num_workers)
     if result.error is not None:
         raise RuntimeError(f"trial {trial_id} failed: {result.error}") from result.error
 
@@ -332,7 +364,8 @@ def run_sweep(cfg: SweepJob) -> dict:
         tune.with_parameters(sweep_trial, kind=s.kind, base=to_dict(_base_job(cfg)),
                              teachers=[to_dict(t) for t in s.teachers], sweep_name=s.name,
                              train_storage=train_storage, tracking_uri=tracking_uri, init=s.init,
-                             driver_cpus=s.trial_driver_cpus),
+                             driver_cpus=s.trial_driver_cpus,
+                             remove_leaked_pgs=s.max_concurrent_trials == 1),
         {"CPU": s.trial_driver_cpus})
     restored = bool(tune.Tuner.can_restore(experiment_path))
     if restored:
