@@ -25,7 +25,7 @@ from afov_ray.tune.sweep import SweepJob, run_sweep
 def main(argv=None) -> int:
     cfg, _ = parse_job_args(SweepJob, __doc__, argv, default_config="configs/sweep.yaml")
     summary = run_sweep(cfg)
-    print(json.dumps(summary, indent=1, default=str))
+    print("sweep summary: " + json.dumps(summary, default=str))   # one line, for scripts
     errors = [t for t in summary["trials"] if t["error"]]
     if summary["best"] is None:
         print(f"sweep {cfg.sweep.name}: no trial finished ({len(errors)} errors)")

@@ -148,7 +148,8 @@ def test_killed_sweep_driver_resumes(ray_local, chain, tmp_path):
 
     out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    summary = json.loads(out.stdout[out.stdout.index("{"):out.stdout.rindex("}") + 1])
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("sweep summary: ")][-1]
+    summary = json.loads(line[len("sweep summary: "):])
     assert summary["restored"] is True
     assert len(summary["trials"]) == 2 and all(t["error"] is None for t in summary["trials"])
     assert summary["best"]["registered"]["alias"] == "best"
