@@ -24,8 +24,8 @@ from afov_ray.train.tracking import TrackingConfig
 class DataConfig:
     pairing: str = field(default="outputs/demo/pairing", metadata={"help": "pairing shards folder URI"})
     split_file: str | None = field(default=None, metadata={"help": "split file (JSON); None = all scenes"})
-    train_split: str = "train"
-    val_split: str | None = "val"
+    train_split: str = field(default="train", metadata={"help": "split trained on (train, train_1pct, ...)"})
+    val_split: str | None = field(default="val", metadata={"help": "split validated on each epoch; None: none"})
 
 
 @dataclass
@@ -63,23 +63,47 @@ def build_datasets(cfg: TrainJob, with_pairings: bool, train_target: str) -> dic
     return ds
 
 
-def run_train_job(kind: str, cfg: TrainJob):
-    """kind: "tmp" | "distill" | "finetune" (fine-tuning or, with loop.linear_probe, linear probing)."""
+TRAIN_KINDS = ("tmp", "distill", "finetune")
+
+
+def make_stage(kind: str, cfg: TrainJob):
+    """The ``Stage`` of a job kind, with its data sources for the lineage tags."""
+    if kind == "tmp":
+        return TMPStage(cfg.model, cfg.tmp, cfg.ingest, pairing=cfg.data.pairing)
+    if kind in ("distill", "finetune"):
+        # tmp.teacher_run, when set, names the teacher whose pseudo-labels the pairing shards hold
+        return SegStage(cfg.model, cfg.seg, cfg.ingest, name=kind, pairing=cfg.data.pairing,
+                        teacher_run=cfg.tmp.teacher_run or None)
+    raise ValueError(f"unknown training job kind {kind!r} (one of {TRAIN_KINDS})")
+
+
+def job_lineage(cfg: TrainJob) -> dict[str, str]:
+    """Job-level lineage tags: hash of the resolved job config and the code's git commit."""
+    from afov_ray.config import config_hash
+    from afov_ray.train.tracking import git_commit
+
+    return {"config_hash": config_hash(cfg), "git_commit": git_commit()}
+
+
+def run_train_job(kind: str, cfg: TrainJob, callbacks: list | None = None, lineage: dict | None = None):
+    """kind: "tmp" | "distill" | "finetune" (fine-tuning or, with loop.linear_probe, linear probing).
+
+    ``callbacks`` go to the Train ``RunConfig`` (a Tune trial passes ``TuneReportCallback``);
+    ``lineage`` adds tags to the registered model beside the stage's and the job's own."""
     from afov_ray.cli import init_ray
 
+    stage = make_stage(kind, cfg)
     init_ray(cfg.scale.address)
     if kind == "tmp":
-        stage = TMPStage(cfg.model, cfg.tmp, cfg.ingest)
         datasets = build_datasets(cfg, with_pairings=True, train_target="pseudo")
-    elif kind in ("distill", "finetune"):
-        stage = SegStage(cfg.model, cfg.seg, cfg.ingest, name=kind)
-        datasets = build_datasets(cfg, with_pairings=False, train_target="pseudo" if kind == "distill" else "gt")
     else:
-        raise ValueError(f"unknown training job kind {kind!r}")
-    return run_stage(stage, cfg.loop, cfg.scale, cfg.run, datasets)
+        datasets = build_datasets(cfg, with_pairings=False, train_target="pseudo" if kind == "distill" else "gt")
+    return run_stage(stage, cfg.loop, cfg.scale, cfg.run, datasets, callbacks=callbacks,
+                     lineage={**job_lineage(cfg), **(lineage or {})})
 
 
-__all__ = ["DataConfig", "TrainJob", "run_train_job", "job_main", "OptimConfig", "TrackingConfig"]
+__all__ = ["DataConfig", "TrainJob", "run_train_job", "make_stage", "job_lineage", "TRAIN_KINDS", "job_main",
+           "OptimConfig", "TrackingConfig"]
 
 
 def job_main(kind: str, description: str, argv=None) -> int:

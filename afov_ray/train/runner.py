@@ -34,29 +34,32 @@ from afov_ray.train.tracking import Tracker, TrackingConfig
 
 @dataclass
 class ScaleConfig:
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    address: str | None = None          # Ray address to join; None: start or join a local Ray
+    num_workers: int = field(default=1, metadata={"help": "Ray Train workers (one GPU each with use_gpu)"})
+    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
+    cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs reserved per Train worker"})
+    address: str | None = field(default=None, metadata={
+        "help": "Ray address to join; None: $RAY_ADDRESS (set by `ray job submit`), else a local Ray"})
 
 
 @dataclass
 class RunSettings:
-    name: str = "afov"
-    storage_path: str = "outputs/ray_results"   # local folder or s3://bucket/prefix
-    max_failures: int = 0
-    num_to_keep: int | None = 2
-    checkpoint_every_steps: int = 0      # 0: only at epoch ends
+    name: str = field(default="afov", metadata={
+        "help": "Ray Train run name; re-running with the same name + storage_path resumes"})
+    storage_path: str = field(default="outputs/ray_results", metadata={
+        "help": "checkpoint storage: local folder or s3://bucket/prefix (shared storage on multi-node)"})
+    max_failures: int = field(default=0, metadata={"help": "worker-group restarts from the last checkpoint"})
+    num_to_keep: int | None = field(default=2, metadata={"help": "checkpoints kept (None: all)"})
+    checkpoint_every_steps: int = field(default=0, metadata={"help": "extra mid-epoch checkpoints; 0: epoch ends only"})
 
 
 @dataclass
 class LoopConfig:
-    num_epochs: int = 1
-    batch_size: int = 2                  # per worker
-    amp: bool = False                    # autocast (bf16) on GPU only
-    seed: int = 0
-    linear_probe: bool = False
-    log_every_steps: int = 1
+    num_epochs: int = field(default=1, metadata={"help": "training epochs"})
+    batch_size: int = field(default=2, metadata={"help": "scans per worker per step"})
+    amp: bool = field(default=False, metadata={"help": "bf16 autocast (GPU only)"})
+    seed: int = field(default=0, metadata={"help": "torch seed (model init)"})
+    linear_probe: bool = field(default=False, metadata={"help": "freeze all but the head, BN in eval mode"})
+    log_every_steps: int = field(default=1, metadata={"help": "MLflow step-metric interval"})
     optim: OptimConfig = field(default_factory=OptimConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -85,6 +88,11 @@ class Stage:
 
     def params(self) -> dict:
         """Stage parameters to log (the resolved config)."""
+        return {}
+
+    def lineage(self) -> dict[str, str]:
+        """Tags for the registered model naming what it was made from (teacher run, data shards, init
+        model); evaluated on the driver by ``run_stage``, which adds ``stage`` and the caller's tags."""
         return {}
 
 
@@ -151,7 +159,8 @@ def stage_loop(config: dict) -> None:
         run_id = st["config"].get("mlflow_run_id")
 
     tracker = Tracker(loop.tracking, rank=rank)
-    run_id = tracker.start(params={"stage": stage.name, **stage.params(), "world_size": world}, run_id=run_id)
+    run_id = tracker.start(params={"stage": stage.name, **stage.params(), "world_size": world},
+                           tags=config.get("lineage"), run_id=run_id)
     shard = ray.train.get_dataset_shard("train")
     val_shard = None
     try:
@@ -219,13 +228,18 @@ def stage_loop(config: dict) -> None:
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
         report(epoch + 1, 0, metrics)
     if rank == 0 and loop.tracking.register_as:
-        tracker.register_model(inner.cpu(), tags={"stage": stage.name})
+        tracker.register_model(inner.cpu(), tags=config.get("lineage") or {"stage": stage.name})
     tracker.end()
 
 
 def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettings,
-              datasets: dict, val_split: bool = True, test_hooks: dict | None = None):
-    """Build and fit the ``TorchTrainer``; returns the Ray ``Result``."""
+              datasets: dict, val_split: bool = True, test_hooks: dict | None = None,
+              callbacks: list | None = None, lineage: dict | None = None):
+    """Build and fit the ``TorchTrainer``; returns the Ray ``Result``.
+
+    ``callbacks``: Ray Train V2 ``UserCallback``s for the ``RunConfig`` (e.g. Tune's
+    ``TuneReportCallback`` when called from a Tune trial); ``lineage``: extra tags for the registered
+    model (merged over ``{"stage": ..., **stage.lineage()}``)."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -240,12 +254,14 @@ def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettin
     trainer = TorchTrainer(
         stage_loop,
         train_loop_config={"stage": stage, "loop": loop, "checkpoint_every_steps": run.checkpoint_every_steps,
-                           "test_hooks": test_hooks},
+                           "test_hooks": test_hooks,
+                           "lineage": {"stage": stage.name, **stage.lineage(), **(lineage or {})}},
         scaling_config=ScalingConfig(num_workers=scale.num_workers, use_gpu=scale.use_gpu,
                                      resources_per_worker={"CPU": scale.cpus_per_worker}),
         run_config=RunConfig(name=run.name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=run.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=run.num_to_keep)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=run.num_to_keep),
+                             callbacks=list(callbacks or [])),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=split),
     )

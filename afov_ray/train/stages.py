@@ -23,12 +23,29 @@ from afov_ray.train.runner import Stage, allreduce_
 
 @dataclass
 class ModelConfig:
-    name: str = "res16unet34c"        # "res16unet34c" (official) | "minkunet18" (paper)
-    engine: str = "torch"             # "torch" | "minkowski" | "spconv"
+    name: str = field(default="res16unet34c", metadata={"help": "res16unet34c (official) | minkunet18 (paper)"})
+    engine: str = field(default="torch", metadata={"help": "sparse-conv engine: torch | minkowski | spconv"})
     in_channels: int = 1
     bn_momentum: float = 0.05
-    init: str | None = None           # path / s3:// / models:/name@alias / runs:/...: shape-filtered init
-    tracking_uri: str | None = None   # for models:/ init
+    init: str | None = field(default=None, metadata={
+        "help": "initial weights (shape-filtered): models:/name@alias, models:/name/version, runs:/..., "
+                "a checkpoint folder / .pt file or s3:// URI"})
+    tracking_uri: str | None = field(default=None, metadata={"help": "MLflow tracking URI for models:/ init"})
+
+
+def _init_lineage(cfg: ModelConfig) -> dict[str, str]:
+    return {"init": cfg.init} if cfg.init else {}
+
+
+def _data_lineage(pairing: str | None, teacher_run: str | None) -> dict[str, str]:
+    from afov_ray.train.tracking import data_fingerprint, teacher_lineage
+
+    out: dict[str, str] = {}
+    if teacher_run:
+        out.update(teacher_lineage(teacher_run))
+    if pairing:
+        out.update(data_fingerprint(pairing))
+    return out
 
 
 def _init_state(cfg: ModelConfig) -> dict | None:
@@ -45,11 +62,12 @@ def _forward(model, batch, device):
 
 @dataclass
 class TMPConfig:
-    teacher_run: str = ""             # teacher run folder (text_embedding.npy)
+    teacher_run: str = field(default="", metadata={
+        "help": "teacher run folder URI (text_embedding.npy, run.json); the pairing shards must come from it"})
     dictionary: str = "nuscenes"
-    tau: float = 0.07
-    alpha_image: float = 0.5
-    alpha_text: float = 0.5
+    tau: float = field(default=0.07, metadata={"help": "InfoNCE temperature"})
+    alpha_image: float = field(default=0.5, metadata={"help": "weight of the superpixel-superpoint loss"})
+    alpha_text: float = field(default=0.5, metadata={"help": "weight of the text-superpoint loss"})
     text_form: str = "official"       # "official" soft targets | "paper" semi-positive form
     nce_direction: str = "official"   # rows = superpoints (official) | "paper"
     renormalize: bool = False         # paper: renormalise pooled superpoint features
@@ -58,9 +76,12 @@ class TMPConfig:
 class TMPStage(Stage):
     name = "tmp"
 
-    def __init__(self, model: ModelConfig, tmp: TMPConfig, ingest: IngestConfig):
-        self.model_cfg, self.cfg, self.ingest = model, tmp, ingest
+    def __init__(self, model: ModelConfig, tmp: TMPConfig, ingest: IngestConfig, pairing: str | None = None):
+        self.model_cfg, self.cfg, self.ingest, self.pairing = model, tmp, ingest, pairing
         self._text = None
+
+    def lineage(self) -> dict[str, str]:
+        return {**_data_lineage(self.pairing, self.cfg.teacher_run), **_init_lineage(self.model_cfg)}
 
     def params(self) -> dict:
         from afov_ray.config import to_dict
@@ -114,15 +135,21 @@ class TMPStage(Stage):
 
 @dataclass
 class SegConfig:
-    num_classes: int = 17
+    num_classes: int = field(default=17, metadata={"help": "17 (nuScenes) | 20 (SemanticKITTI), class 0 ignored"})
     suppress_class0_in_val: bool = True    # official trainer validation; the final evaluate does not
 
 
 class SegStage(Stage):
     """Annotation-free distillation (target = pseudo) and fine-tuning / linear probing (target = gt)."""
 
-    def __init__(self, model: ModelConfig, seg: SegConfig, ingest: IngestConfig, name: str = "distill"):
+    def __init__(self, model: ModelConfig, seg: SegConfig, ingest: IngestConfig, name: str = "distill",
+                 pairing: str | None = None, teacher_run: str | None = None):
         self.model_cfg, self.cfg, self.ingest, self.name = model, seg, ingest, name
+        self.pairing, self.teacher_run = pairing, teacher_run
+
+    def lineage(self) -> dict[str, str]:
+        """Data shards (and, when known, the teacher run whose pseudo-labels they hold) + init model."""
+        return {**_data_lineage(self.pairing, self.teacher_run), **_init_lineage(self.model_cfg)}
 
     def params(self) -> dict:
         from afov_ray.config import to_dict

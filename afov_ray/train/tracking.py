@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,16 @@ import torch
 
 @dataclass
 class TrackingConfig:
-    tracking_uri: str | None = None      # None: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db
-    experiment: str = "afov_ray"
-    run_name: str | None = None
-    register_as: str | None = None       # registered model name, e.g. "afov-tmp"
-    alias: str | None = "current"        # alias moved to each newly registered version ("latest" is reserved by MLflow)
-    enabled: bool = True
+    tracking_uri: str | None = field(default=None, metadata={
+        "help": "MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db"})
+    experiment: str = field(default="afov_ray", metadata={"help": "MLflow experiment name"})
+    run_name: str | None = field(default=None, metadata={"help": "MLflow run name"})
+    register_as: str | None = field(default=None, metadata={
+        "help": "registered model name (e.g. afov-tmp); None: do not register"})
+    alias: str | None = field(default="current", metadata={
+        "help": "alias moved to each newly registered version ('latest' is reserved by MLflow)"})
+    enabled: bool = field(default=True, metadata={"help": "track at all (rank 0 only)"})
+    tags: dict[str, str] = field(default_factory=dict, metadata={"help": "extra tags set on the MLflow run"})
 
 
 def default_tracking_uri(root: str | Path = "outputs") -> str:
@@ -100,7 +104,8 @@ class Tracker:
         if run_id:
             self.run_id = run_id
         else:
-            run = self.client.create_run(exp_id, run_name=self.cfg.run_name, tags=tags or {})
+            all_tags = {str(k): str(v) for k, v in {**(self.cfg.tags or {}), **(tags or {})}.items()}
+            run = self.client.create_run(exp_id, run_name=self.cfg.run_name, tags=all_tags)
             self.run_id = run.info.run_id
             if params:
                 self.log_params(params)
@@ -172,13 +177,14 @@ def register_model(tracking_uri: str, run_id: str, model: torch.nn.Module, name:
     import mlflow.pytorch
 
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    mlflow.set_registry_uri(tracking_uri)   # a registry URI set earlier in this process (e.g. by Tune's
+    with mlflow.start_run(run_id=run_id):   # MLflowLoggerCallback) would otherwise receive the model
         info = mlflow.pytorch.log_model(
             model, name="model", serialization_format="pickle",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             registered_model_name=name,
         )
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     version = int(info.registered_model_version)
     for k, v in (tags or {}).items():
         client.set_model_version_tag(name, str(version), k, str(v))
@@ -228,3 +234,59 @@ def _state_from_file(path: Path) -> dict[str, torch.Tensor]:
                 return obj[key]
     return obj
 
+
+
+# --- lineage tags of registered models -------------------------------------------------------------
+
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of the checkout this package was imported from, else $AFOV_GIT_COMMIT,
+    else "unknown" (e.g. a ``ray job submit`` working_dir copy has no .git)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("AFOV_GIT_COMMIT", "unknown")
+
+
+def data_fingerprint(uri: str) -> dict[str, str]:
+    """Identity of a shard folder: sha256 of its ``_manifest.json`` when there is one, else of its
+    listing (names, sizes) plus ``_stats.json`` (the pair pass writes statistics, not a manifest)."""
+    import hashlib
+    import json
+
+    from afov_ray.storage import uri as suri
+
+    manifest = suri.join(uri, "_manifest.json")
+    if suri.exists(manifest):
+        return {"data.uri": uri, "data.sha256": hashlib.sha256(suri.read_bytes(manifest)).hexdigest(),
+                "data.sha256_of": "_manifest.json"}
+    names = sorted(suri.listdir(uri))
+    if not names:
+        raise FileNotFoundError(f"data folder is empty or missing: {uri}")
+    listing = [[n, suri.file_size(suri.join(uri, n))] for n in names if n.endswith(".parquet")]
+    stats = suri.join(uri, "_stats.json")
+    stats_sha = hashlib.sha256(suri.read_bytes(stats)).hexdigest() if suri.exists(stats) else None
+    blob = json.dumps({"shards": listing, "_stats.json": stats_sha}, sort_keys=True).encode()
+    return {"data.uri": uri, "data.sha256": hashlib.sha256(blob).hexdigest(),
+            "data.sha256_of": "listing+_stats.json" if stats_sha else "listing"}
+
+
+def teacher_lineage(run_uri: str) -> dict[str, str]:
+    """``teacher.run`` (URI) and ``teacher.run_id`` (from its ``run.json``) of a teacher run folder."""
+    import json
+
+    from afov_ray.storage import uri as suri
+
+    out = {"teacher.run": run_uri}
+    meta = suri.join(run_uri, "run.json")
+    if suri.exists(meta):
+        d = json.loads(suri.read_bytes(meta))
+        out["teacher.run_id"] = str(d.get("run_id", ""))
+        out["teacher.name"] = str(d.get("name", d.get("teacher", "")))
+    return out

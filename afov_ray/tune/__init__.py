@@ -1,0 +1,1 @@
+"""Hyper-parameter sweeps over training jobs with Ray Tune (``afov_ray.tune.sweep``)."""
