@@ -323,20 +323,13 @@ def _check(cfg: SweepJob, metric: str) -> None:
             raise ConfigError(f"config key 'sweep.teachers': teacher {t.name!r} needs both run and pairing")
 
 
-def _init_ray_with_state_api(address: str | None) -> None:
-    """Join ``address`` / $RAY_ADDRESS, else start a local Ray WITH the dashboard: Train V2's detached
-    ``PlacementGroupCleaner`` asks the State API (served by the dashboard) whether a trial's Train
-    controller is alive; without it, the placement group of a finished trial's workers is never
-    removed and the next trial's data tasks wait forever for its CPUs (seen on a 2-CPU Ray)."""
-    import ray
-
+def _init_ray(address: str | None) -> None:
+    """``afov_ray.cli.init_ray``: a local Ray starts with the dashboard (the State API Train V2's
+    PlacementGroupCleaner needs; without it a finished trial's placement group is never freed and the
+    next trial's data tasks wait forever for its CPUs on a 2-CPU Ray)."""
     from afov_ray.cli import init_ray
 
-    address = address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized() or address:
-        init_ray(address)
-    else:
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+    init_ray(address)
 
 
 def run_sweep(cfg: SweepJob) -> dict:
@@ -358,7 +351,7 @@ def run_sweep(cfg: SweepJob) -> dict:
         os.makedirs(storage, exist_ok=True)
     experiment_path = _join(storage, s.name)
     train_storage = _join(storage, f"{s.name}-train")
-    _init_ray_with_state_api(s.address or cfg.scale.address)
+    _init_ray(s.address or cfg.scale.address)
 
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, kind=s.kind, base=to_dict(_base_job(cfg)),
