@@ -114,13 +114,6 @@ def allreduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return t
 
 
-def _load_filtered(model: torch.nn.Module, state: dict) -> tuple[list[str], list[str]]:
-    own = model.state_dict()
-    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(keep, strict=False)
-    return sorted(keep), sorted(set(state) - set(keep))
-
-
 def stage_loop(config: dict) -> None:
     """``train_loop_per_worker`` for every stage. ``config`` = {"stage": Stage, "loop": LoopConfig}."""
     import ray.train
@@ -135,7 +128,10 @@ def stage_loop(config: dict) -> None:
     model = stage.build_model()
     init = stage.init_state()
     if init is not None:
-        _load_filtered(model, init)
+        # shape-filtered, official prefixes stripped (afov-reference.md 5.4): a TMP 768-d head is skipped
+        from afov_ray.models.checkpoint import load_official_checkpoint
+
+        load_official_checkpoint(model, init)
     if loop.linear_probe:
         freeze_for_linear_probe(model)
     if world > 1 and device.type == "cuda":

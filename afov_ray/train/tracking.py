@@ -227,12 +227,9 @@ def load_model_state(uri: str, tracking_uri: str | None = None) -> dict[str, tor
 
 
 def _state_from_file(path: Path) -> dict[str, torch.Tensor]:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict):
-        for key in ("model", "model_points", "state_dict"):
-            if key in obj and isinstance(obj[key], dict):
-                return obj[key]
-    return obj
+    from afov_ray.models.checkpoint import extract_state_dict
+
+    return dict(extract_state_dict(torch.load(path, map_location="cpu", weights_only=True)))
 
 
 
