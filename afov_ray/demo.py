@@ -33,6 +33,7 @@ class StageBudget:
     batch_size: int = 2
     lr: float = 0.02
     lr_head: float | None = 2.0
+    optimizer: str = "sgd"
 
 
 @dataclass
@@ -145,7 +146,7 @@ def train(ws: Workspace, kind: str, name: str, budget: StageBudget, *, pairing: 
                         val_split=None if kind == "tmp" else "val"),
         model=replace(model, init=init, tracking_uri=ws.tracking_uri), ingest=ingest,
         loop=LoopConfig(num_epochs=budget.epochs, batch_size=budget.batch_size, linear_probe=linear_probe,
-                        optim=OptimConfig(lr=budget.lr, lr_head=budget.lr_head), tracking=tracking),
+                        optim=OptimConfig(optimizer=budget.optimizer, lr=budget.lr, lr_head=budget.lr_head), tracking=tracking),
         scale=ScaleConfig(num_workers=1), run=RunSettings(name=name, storage_path=str(ws.out / "ray_results")),
         tmp=replace(tmp, teacher_run=teacher_run), seg=SegConfig())
     res = run_train_job(kind, job)
@@ -156,7 +157,8 @@ def train(ws: Workspace, kind: str, name: str, budget: StageBudget, *, pairing: 
 
 
 def evaluate_model(ws: Workspace, name: str, model: ModelConfig, pairing: str, afi: AFIConfig | None,
-                   afi_assist: bool = False, timer: Timer | None = None, plots: bool = True) -> dict:
+                   afi_assist: bool = False, timer: Timer | None = None, plots: bool = True,
+                   ingest: IngestConfig | None = None) -> dict:
     """predict (val split) -> AFI (optionally with the 2D assist) -> evaluate; returns mIoU figures."""
     from afov_ray.eval.afi_pass import AFIPassConfig, run_afi_pass
     from afov_ray.eval.evaluate import EvaluateConfig, run_evaluate
@@ -166,7 +168,8 @@ def evaluate_model(ws: Workspace, name: str, model: ModelConfig, pairing: str, a
     pred = str(base / "pred")
     run_predict(pairing, pred, PredictConfig(
         model=f"models:/{name}@current", tracking_uri=ws.tracking_uri, model_name=model.name, engine=model.engine,
-        sweeps=ws.sweeps, split_file=ws.split_file, split="val"), progress=False)
+        sweeps=ws.sweeps, split_file=ws.split_file, split="val",
+        grid=(ingest or IngestConfig()).grid, voxel_size=(ingest or IngestConfig()).voxel_size), progress=False)
     src = pred
     variants = {}
     if afi is not None:
@@ -240,7 +243,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     results["tmp"] = train(ws, "tmp", "afov-tmp", cfg.tmp_budget, init=None, **common)
     results["distill"] = train(ws, "distill", "afov-distill", cfg.distill_budget, init="models:/afov-tmp@current",
                                **common)
-    results["distill_eval"] = evaluate_model(ws, "afov-distill", cfg.model, tp["pairing"], cfg.afi, timer=timer)
+    results["distill_eval"] = evaluate_model(ws, "afov-distill", cfg.model, tp["pairing"], cfg.afi, timer=timer,
+                                             ingest=cfg.ingest)
     results["finetune_1pct"] = train(ws, "finetune", "afov-ft", cfg.finetune_budget, init="models:/afov-tmp@current",
                                      train_split="train_1pct", **common)
     results["linear_probe"] = train(ws, "finetune", "afov-lp", cfg.probe_budget, init="models:/afov-tmp@current",

@@ -14,7 +14,7 @@ into one batch with a batch column in the voxel coordinates and offsets for ever
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,15 +26,16 @@ NUM_CAMERAS = 6
 
 @dataclass
 class IngestConfig:
-    grid: str = "cylindrical"          # "cylindrical" (official) | "cartesian"
-    voxel_size: float = 0.1
-    label_mode: str = "majority"       # "majority" (default) | "first" (official)
-    target: str = "pseudo"             # "pseudo" (annotation-free) | "gt" (fine-tuning / validation)
-    augment: bool = True               # Rotation about z + FlipAxis x/y (official point transforms)
-    with_pairings: bool = False        # TMP needs pairings and superpixel features
-    stride: int = OFFICIAL_STRIDE
-    seed: int = 0
-    cpus_per_task: float = 0.5          # CPUs reserved per data-side task (voxelisation)
+    grid: str = field(default="cylindrical", metadata={"help": "cylindrical (official) | cartesian"})
+    voxel_size: float = field(default=0.1, metadata={"help": "voxel edge in m (cylindrical: rho and z)"})
+    label_mode: str = field(default="majority", metadata={
+        "help": "voxel target: majority of its points (default) | first point (official)"})
+    target: str = field(default="pseudo", metadata={"help": "pseudo (annotation-free) | gt (fine-tuning)"})
+    augment: bool = field(default=True, metadata={"help": "rotation about z + flips of x/y (official)"})
+    with_pairings: bool = field(default=False, metadata={"help": "carry pairings and superpixel features (TMP)"})
+    stride: int = field(default=OFFICIAL_STRIDE, metadata={"help": "superpixel id stride per camera"})
+    seed: int = field(default=0, metadata={"help": "augmentation seed"})
+    cpus_per_task: float = field(default=0.5, metadata={"help": "CPUs reserved per voxelisation task"})
 
 
 def augment_points(xyz: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -32,6 +32,16 @@ def test_two_groups_and_dampening():
     assert len(single.param_groups) == 1 and single.param_groups[0]["lr"] == 0.05
 
 
+def test_adamw_option_keeps_groups_and_rejects_unknown():
+    opt = build_optimizer(Tiny(), OptimConfig(optimizer="adamw", lr=1e-3, lr_head=1e-2, weight_decay=0.01))
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["name"] for g in opt.param_groups] == ["body", "head"]
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-2]
+    assert opt.param_groups[0]["weight_decay"] == 0.01
+    with pytest.raises(ValueError, match="optim.optimizer"):
+        build_optimizer(Tiny(), OptimConfig(optimizer="lamb"))
+
+
 def test_sgd_dampening_update_matches_hand_computation():
     p = nn.Parameter(torch.tensor([1.0]))
     opt = torch.optim.SGD([p], lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.0)
