@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PRESETS = {
     "quick": dict(scenes=8, val=2, keyframes=6, width=320, height=180, azimuth=720, model="minkunet18",
                   voxel=0.2, optimizer="adamw", lr=2e-3, lr_head=None,
-                  tmp_epochs=6, distill_epochs=12, noise_epochs=6, ft_epochs=15, lp_epochs=6, batch=2,
+                  tmp_epochs=4, distill_epochs=10, noise_epochs=3, ft_epochs=5, lp_epochs=2, batch=2,
                   noise_levels=[("low", 0.0, 1, 0.1), ("high", 0.4, 4, 0.6)]),
     "full": dict(scenes=16, val=3, keyframes=8, width=640, height=360, azimuth=1084, model="res16unet34c",
                  voxel=0.1, optimizer="adamw", lr=1e-3, lr_head=None,
@@ -174,6 +174,7 @@ def render(R: dict) -> str:
         lines.append(f"| {level} (confusion {n['confusion_prob']}, boundary {n['boundary_px']} px, feature noise "
                      f"{n['feature_noise']}) | {pct(n['pair_agreement'])} | {pct(n['pseudo_visible']['miou_present'])} | "
                      f"{pct(n['distilled']['miou_present'])} |")
+    lines += per_class_table(t)
     checks = [
         ("TMP init beats random init (distillation)", t["pred"]["all"]["miou_present"]
          > R["q-distill-random"]["pred"]["all"]["miou_present"]),
@@ -190,6 +191,32 @@ def render(R: dict) -> str:
               "'present classes' averages the classes with ground truth or predictions in the val scenes.",
               f"Timings (s): {json.dumps(R['timings_s'])}"]
     return "\n".join(lines) + "\n"
+
+
+def per_class_table(t: dict) -> list[str]:
+    """Per-class IoU on camera-visible val points: pseudo-labels vs the distilled network (TMP init),
+    read from the evaluate report; shows which classes the network has (not) learned."""
+    import numpy as np
+
+    f = Path(t.get("report_dir", "")) / "metrics.json"
+    if not f.exists():
+        return []
+    doc = json.loads(f.read_text())
+    names = doc["class_names"]
+    srcs = [s for s in ("pseudo", "pred", "pred_afi") if s in doc["sources"]]
+    iou, count = {}, None
+    for s in srcs:
+        H = np.asarray(doc["sources"][s]["visible"]["confusion"], dtype=np.float64)
+        tp = np.diag(H)
+        union = H.sum(0) + H.sum(1) - tp
+        iou[s] = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        count = H.sum(1)
+    out = ["", "Per-class IoU on camera-visible val points (TMP-init distillation; classes with ground truth):", "",
+           "| class | points | " + " | ".join(srcs) + " |", "|---|---:|" + "---:|" * len(srcs)]
+    for c in range(1, len(names)):
+        if count[c] > 0:
+            out.append(f"| {names[c]} | {int(count[c])} | " + " | ".join(f"{100 * iou[s][c]:.1f}" for s in srcs) + " |")
+    return out
 
 
 def _noise_monotone(noise: dict) -> bool:
