@@ -146,7 +146,8 @@ def train(ws: Workspace, kind: str, name: str, budget: StageBudget, *, pairing: 
                         val_split=None if kind == "tmp" else "val"),
         model=replace(model, init=init, tracking_uri=ws.tracking_uri), ingest=ingest,
         loop=LoopConfig(num_epochs=budget.epochs, batch_size=budget.batch_size, linear_probe=linear_probe,
-                        optim=OptimConfig(optimizer=budget.optimizer, lr=budget.lr, lr_head=budget.lr_head), tracking=tracking),
+                        optim=OptimConfig(optimizer=budget.optimizer, lr=budget.lr, lr_head=budget.lr_head),
+                        tracking=tracking),
         scale=ScaleConfig(num_workers=1), run=RunSettings(name=name, storage_path=str(ws.out / "ray_results")),
         tmp=replace(tmp, teacher_run=teacher_run), seg=SegConfig())
     res = run_train_job(kind, job)
@@ -166,10 +167,11 @@ def evaluate_model(ws: Workspace, name: str, model: ModelConfig, pairing: str, a
 
     base = ws.out / "eval" / name
     pred = str(base / "pred")
+    ing = ingest or IngestConfig()
     run_predict(pairing, pred, PredictConfig(
         model=f"models:/{name}@current", tracking_uri=ws.tracking_uri, model_name=model.name, engine=model.engine,
         sweeps=ws.sweeps, split_file=ws.split_file, split="val",
-        grid=(ingest or IngestConfig()).grid, voxel_size=(ingest or IngestConfig()).voxel_size), progress=False)
+        grid=ing.grid, voxel_size=ing.voxel_size), progress=False)
     src = pred
     variants = {}
     if afi is not None:

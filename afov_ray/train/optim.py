@@ -36,7 +36,7 @@ class OptimConfig:
     weight_decay: float = field(default=1e-4, metadata={"help": "weight decay (coupled for SGD)"})
     weight_decay_head: float | None = field(default=None, metadata={"help": "head weight decay (null: same)"})
     per_iteration_schedule: bool = field(default=False, metadata={
-        "help": "cosine per iteration instead of per epoch (official)"})
+        "help": "cosine stepped per iteration (option) instead of per epoch (official)"})
 
 
 def _is_head(name: str, head_prefix: str) -> bool:
