@@ -34,6 +34,7 @@ class StageBudget:
     lr: float = 0.02
     lr_head: float | None = 2.0
     optimizer: str = "sgd"
+    torch_threads: int | None = None      # scale.torch_threads of the fit
 
 
 @dataclass
@@ -148,7 +149,8 @@ def train(ws: Workspace, kind: str, name: str, budget: StageBudget, *, pairing: 
         loop=LoopConfig(num_epochs=budget.epochs, batch_size=budget.batch_size, linear_probe=linear_probe,
                         optim=OptimConfig(optimizer=budget.optimizer, lr=budget.lr, lr_head=budget.lr_head),
                         tracking=tracking),
-        scale=ScaleConfig(num_workers=1), run=RunSettings(name=name, storage_path=str(ws.out / "ray_results")),
+        scale=ScaleConfig(num_workers=1, torch_threads=budget.torch_threads),
+        run=RunSettings(name=name, storage_path=str(ws.out / "ray_results")),
         tmp=replace(tmp, teacher_run=teacher_run), seg=SegConfig())
     res = run_train_job(kind, job)
     if res.error is not None:

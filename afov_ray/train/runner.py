@@ -37,6 +37,9 @@ class ScaleConfig:
     num_workers: int = field(default=1, metadata={"help": "Ray Train workers (one GPU each with use_gpu)"})
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
     cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs reserved per Train worker"})
+    torch_threads: int | None = field(default=None, metadata={
+        "help": "torch intra-op threads per worker; None: Ray's default (OMP_NUM_THREADS = CPUs reserved). "
+                "More than cpus_per_worker lets a small machine give the worker the cores the data side leaves idle"})
     address: str | None = field(default=None, metadata={
         "help": "Ray address to join; None: $RAY_ADDRESS (set by `ray job submit`), else a local Ray"})
 
@@ -122,6 +125,8 @@ def stage_loop(config: dict) -> None:
     stage: Stage = config["stage"]
     loop: LoopConfig = config["loop"]
     rank, world = _rank_world()
+    if config.get("torch_threads"):
+        torch.set_num_threads(int(config["torch_threads"]))
     torch.manual_seed(loop.seed)
     device = ray.train.torch.get_device()
 
@@ -250,6 +255,7 @@ def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettin
     trainer = TorchTrainer(
         stage_loop,
         train_loop_config={"stage": stage, "loop": loop, "checkpoint_every_steps": run.checkpoint_every_steps,
+                           "torch_threads": scale.torch_threads,
                            "test_hooks": test_hooks,
                            "lineage": {"stage": stage.name, **stage.lineage(), **(lineage or {})}},
         scaling_config=ScalingConfig(num_workers=scale.num_workers, use_gpu=scale.use_gpu,

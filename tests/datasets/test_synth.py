@@ -283,3 +283,61 @@ def test_load_scene_roundtrip(nus_root, nusc):
     sd = nusc.get("sample_data", nusc.sample[0]["data"]["LIDAR_TOP"])
     ep = nusc.get("ego_pose", sd["ego_pose_token"])
     np.testing.assert_allclose(sc.ego_pose(sc.time_s(sd["timestamp"]))[:3, 3], ep["translation"], atol=1e-9)
+
+
+# ---------------------------------------------------------------- class coverage option ----------------
+def test_builder_clear_removes_whole_instances():
+    from afov_ray.datasets.synth.scene import _Builder
+
+    b = _Builder()
+    rng = np.random.default_rng(0)
+    b.vehicle(Kind.CAR, 10.0, 0.0, 0.0, (0.0, 0.0), rng)          # two boxes, one instance, x in ~[7.5, 12.5]
+    b.tree(30.0, 0.0, rng)                                          # trunk + crown (stuff, instance 0)
+    b.cyl(50.0, 0.0, 0.0, 0.7, 0.16, Kind.TRAFFIC_CONE, b.inst())
+    b.clear(9.8, 40.0, -1.0, 1.0, centre_only=True)    # body centre 10 inside, cabin centre ~9.3 outside
+    assert b.boxes == [] and b.box_kind == []           # the cabin went with its instance
+    assert b.cyl_kind == [int(Kind.TRAFFIC_CONE)] and b.ell_kind == []
+    b2 = _Builder()
+    b2.vehicle(Kind.CAR, 10.0, 0.0, 0.0, (0.0, 0.0), rng)
+    b2.clear(11.9, 13.0, -1.0, 1.0)                     # overlaps the body footprint (x up to >= 11.95) only
+    assert b2.boxes == []
+
+
+def _overlaps_added(on: Scene, off: Scene) -> list:
+    """(added box, other box) pairs of different instances whose planar footprints overlap at t = 0."""
+    from afov_ray.datasets.synth.scene import _aabb_xy
+
+    off_boxes = {tuple(r) for r in off.boxes.round(9)}
+    fp = [(_aabb_xy(list(p), "box"), int(i), tuple(p.round(9)) not in off_boxes) for p, i in zip(on.boxes, on.box_inst)]
+    bad = []
+    for f, i, added in fp:
+        for g, j, _ in fp:
+            if added and i != j and f[1] > g[0] and g[1] > f[0] and f[3] > g[2] and g[3] > f[2]:
+                bad.append((f, g))
+    return bad
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cover_all_classes_puts_rare_classes_in_every_scan(seed):
+    from afov_ray.datasets.synth.lidar import simulate_sweep
+    from afov_ray.datasets.synth.nuscenes_writer import make_scene
+    from afov_ray.datasets.synth.rig import make_transform, yaw_to_quat
+
+    rare = {Kind.BICYCLE, Kind.MOTORCYCLE, Kind.CONSTRUCTION, Kind.BARRIER, Kind.TRAFFIC_CONE, Kind.OTHER_FLAT}
+    on = make_scene(SynthConfig(seed=seed, keyframes_per_scene=6, cover_all_classes=True), 0, "s")
+    off = make_scene(SynthConfig(seed=seed, keyframes_per_scene=6), 0, "s")
+    # the showcase is drawn last: same origin, ego path and ground layout, plus cleared-in objects
+    assert on.origin == off.origin and on.ego == off.ego
+    np.testing.assert_array_equal(on.ground_rects[:len(off.ground_rects)], off.ground_rects)
+    off_boxes = {tuple(r) for r in off.boxes.round(9)}
+    added = [k for r, k in zip(on.boxes.round(9), on.box_kind) if tuple(r) not in off_boxes]
+    assert {Kind.BICYCLE, Kind.MOTORCYCLE, Kind.CONSTRUCTION, Kind.BARRIER, Kind.FENCE} <= set(map(Kind, added))
+    counts = np.zeros(64, np.int64)
+    for t in (0.3, on.duration_s / 2, on.duration_s - 0.3):      # the LiDAR at the start, middle and end
+        sweep = simulate_sweep(on, t, on.ego_pose(t) @ make_transform(yaw_to_quat(0.0), [0.0, 0.0, 1.84]),
+                               np.linspace(-30.67, 10.67, 32), 720, np.random.default_rng(0), ego_body=False)
+        counts += np.bincount(sweep["kind"], minlength=64)
+    missing = {k.name: int(counts[int(k)]) for k in rare if counts[int(k)] < 20}
+    assert not missing, f"rare classes with under 20 LiDAR returns in 3 sweeps: {missing}"
+    # the showcase was cleared into place: no added box overlaps another object's box
+    assert _overlaps_added(on, off) == []

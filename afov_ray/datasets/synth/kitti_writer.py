@@ -82,7 +82,7 @@ def generate_semantickitti(root: str | Path, cfg: SynthConfig | None = None, seq
     rng = np.random.default_rng([cfg.seed, 4242, int(sequence) if sequence.isdigit() else len(sequence)])
     duration = (LEAD_US + max(n - 1, 0) * cfg.kitti_frame_interval_us) / 1e6 + 0.2
     scene = build_scene(rng, name=f"kitti-{sequence}", duration_s=duration, ego_speed=cfg.ego_speed_mps,
-                        seed=cfg.seed, start_us=cfg.base_timestamp_us)
+                        seed=cfg.seed, start_us=cfg.base_timestamp_us, cover_all_classes=cfg.cover_all_classes)
     scene.save(seq / "synth_scene.json")
     W, H = cfg.kitti_image_width, cfg.kitti_image_height
     P = projection_matrices(W, H)

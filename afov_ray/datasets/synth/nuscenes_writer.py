@@ -83,7 +83,8 @@ def make_scene(cfg: SynthConfig, index: int, name: str) -> Scene:
     rng = np.random.default_rng([cfg.seed, index, 7919])
     duration = (LEAD_US + (cfg.keyframes_per_scene - 1) * cfg.keyframe_interval_us) / 1e6 + 0.2
     return build_scene(rng, name=name, duration_s=duration, ego_speed=cfg.ego_speed_mps, seed=cfg.seed,
-                       start_us=cfg.base_timestamp_us + index * SCENE_GAP_US)
+                       start_us=cfg.base_timestamp_us + index * SCENE_GAP_US,
+                       cover_all_classes=cfg.cover_all_classes)
 
 
 def load_scene(dataroot: str | Path, scene_name: str) -> Scene:

@@ -162,6 +162,20 @@ class Scene:
             raise DataError(str(path), f"cannot load synthetic scene description: {e}") from e
 
 
+def _aabb_xy(prim: list, kind: str) -> tuple[float, float, float, float]:
+    """Planar axis-aligned footprint (x0, x1, y0, y1) at t = 0 of a builder primitive row."""
+    if kind == "box":
+        cx, cy, _, hx, hy, _, yaw = prim[:7]
+        c, s = abs(np.cos(yaw)), abs(np.sin(yaw))
+        ex, ey = hx * c + hy * s, hx * s + hy * c
+    elif kind == "cyl":
+        cx, cy, r = prim[0], prim[1], prim[4]
+        ex = ey = r
+    else:
+        cx, cy, ex, ey = prim[0], prim[1], prim[3], prim[4]
+    return cx - ex, cx + ex, cy - ey, cy + ey
+
+
 class _Builder:
     """Accumulates primitives while laying out a scene."""
 
@@ -194,6 +208,32 @@ class _Builder:
         self.ells.append([cx, cy, cz, rx, ry, rz, v[0], v[1]])
         self.ell_kind.append(int(kind))
         self.ell_inst.append(inst)
+
+    def clear(self, x0: float, x1: float, y0: float, y1: float, centre_only: bool = False) -> None:
+        """Removes every primitive whose footprint at t = 0 overlaps the rectangle (with ``centre_only``:
+        whose centre lies in it), and the other parts of any object instance that loses a part (a
+        vehicle goes whole or not at all)."""
+        groups = (("box", self.boxes, self.box_kind, self.box_inst), ("cyl", self.cyls, self.cyl_kind, self.cyl_inst),
+                  ("ell", self.ells, self.ell_kind, self.ell_inst))
+        hit_inst = set()
+        drop = {}
+        for kind, prims, _, insts in groups:
+            d = set()
+            for i, p in enumerate(prims):
+                a0, a1, b0, b1 = _aabb_xy(p, kind)
+                if centre_only:
+                    a0 = a1 = (a0 + a1) / 2
+                    b0 = b1 = (b0 + b1) / 2
+                if a1 >= x0 and a0 <= x1 and b1 >= min(y0, y1) and b0 <= max(y0, y1):
+                    d.add(i)
+                    if insts[i] > 0:
+                        hit_inst.add(insts[i])
+            drop[kind] = d
+        for kind, prims, kinds, insts in groups:
+            keep = [i for i in range(len(prims)) if i not in drop[kind] and insts[i] not in hit_inst]
+            prims[:] = [prims[i] for i in keep]
+            kinds[:] = [kinds[i] for i in keep]
+            insts[:] = [insts[i] for i in keep]
 
     # ---- composite objects (position = centre on the ground, heading yaw, velocity v) --------
     def vehicle(self, kind: Kind, x, y, yaw, v, rng) -> float:
@@ -244,11 +284,46 @@ class _Builder:
         self.ell(x, y, h + cr * 0.7, cr, cr, cr * rng.uniform(0.8, 1.2), Kind.VEGETATION)
 
 
+def _showcase(b: _Builder, rng: np.random.Generator, T: float, ego_speed: float, lane_speed: float) -> None:
+    """Close-range instances of the classes a short random layout may miss, cleared into place.
+
+    - lane y = -5.25 (same direction as the ego, moving at that lane's speed, so they never catch up
+      with the traffic around them): a bicycle and a motorcycle, placed to stay within about 25 m of the
+      ego for the whole scene;
+    - the parking / work lane ahead of the ego's mid-scene position: a work zone (cones, barriers, a
+      construction vehicle) on road surface;
+    - both sides beyond the terrain strip, around the ego's mid-scene position: an other-flat lot with a fence.
+    """
+    mid = ego_speed * T / 2
+    for kind, rel, L in ((Kind.BICYCLE, rng.uniform(4.0, 12.0), 1.8), (Kind.MOTORCYCLE, -rng.uniform(6.0, 14.0), 2.1)):
+        x0 = mid + rel - lane_speed * T / 2    # at ego + rel at mid-scene (ego at mid then)
+        b.clear(x0 - L / 2 - 4.0, x0 + L / 2 + 4.0, -7.0, -3.5)
+        b.vehicle(kind, x0, -5.25 + rng.uniform(-0.2, 0.2), 0.0, (lane_speed, 0.0), rng)
+    w0 = mid + rng.uniform(6.0, 12.0)
+    seg = 20.0
+    b.clear(w0, w0 + seg, 3.5, ROAD_HALF)
+    b.rect(w0, w0 + seg, 3.5, ROAD_HALF, Kind.ROAD)
+    for cx in np.arange(w0 + 1, w0 + seg - 1, 3.0):
+        b.cyl(cx, 3.75, 0.0, 0.7, 0.16, Kind.TRAFFIC_CONE, b.inst())
+    for bx in np.arange(w0 + 1.5, w0 + 7.0, 2.2):
+        b.box(bx, 6.6, 0.0, 1.0, 2.0, 0.5, 0.0, Kind.BARRIER, b.inst())
+    b.vehicle(Kind.CONSTRUCTION, w0 + 13.0, 5.3, rng.uniform(-0.1, 0.1), (0.0, 0.0), rng)
+    for s in (-1, 1):
+        l0 = mid + rng.uniform(-20.0, 0.0)
+        ln = rng.uniform(20.0, 30.0)
+        b.clear(l0, l0 + ln, s * TERRAIN_OUT, s * (TERRAIN_OUT + 40), centre_only=True)   # keeps the strip's trees
+        b.rect(l0, l0 + ln, s * TERRAIN_OUT, s * (TERRAIN_OUT + 25), Kind.OTHER_FLAT)
+        b.box(l0 + ln / 2, s * (TERRAIN_OUT + 0.2), 0.0, rng.uniform(1.0, 1.4), ln, 0.08, 0.0, Kind.FENCE)
+
+
 def build_scene(rng: np.random.Generator, name: str = "synth", duration_s: float = 2.0,
-                ego_speed: float = 8.0, seed: int = 0, start_us: int = 0) -> Scene:
+                ego_speed: float = 8.0, seed: int = 0, start_us: int = 0, cover_all_classes: bool = False) -> Scene:
     """Lays out a random street scene long enough for the ego to drive for ``duration_s`` seconds.
 
     Everything is drawn from ``rng`` in a fixed order, so the same generator state gives the same scene.
+    With ``cover_all_classes`` a close-range showcase is added after the random layout (see ``_showcase``):
+    every scene then holds the rare classes near the ego, so a few generated scenes do not split them
+    unevenly between train and val. Without it the scene is exactly the one drawn before this option existed.
     """
     b = _Builder()
     T = float(duration_s)
@@ -345,6 +420,8 @@ def build_scene(rng: np.random.Generator, name: str = "synth", duration_s: float
     ego = {"x0": 0.0, "lane_y": -1.75, "speed": float(ego_speed), "sway_amp": float(rng.uniform(0.2, 0.45)),
            "sway_period": float(rng.uniform(5.0, 9.0)), "sway_phase": float(rng.uniform(0, 2 * np.pi))}
     origin = (float(rng.uniform(300, 2000)), float(rng.uniform(300, 2000)), float(rng.uniform(-np.pi, np.pi)))
+    if cover_all_classes:      # drawn last: everything above is the same with or without it
+        _showcase(b, rng, T, ego_speed, lane_speed=lanes[0][1])
 
     def arr(x, w):
         return np.asarray(x, dtype=np.float64).reshape(-1, w)
