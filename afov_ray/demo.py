@@ -35,6 +35,7 @@ class StageBudget:
     lr_head: float | None = 2.0
     optimizer: str = "sgd"
     torch_threads: int | None = None      # scale.torch_threads of the fit
+    val_every_epochs: int = 1             # loop.val_every_epochs of the fit
 
 
 @dataclass
@@ -147,6 +148,7 @@ def train(ws: Workspace, kind: str, name: str, budget: StageBudget, *, pairing: 
                         val_split=None if kind == "tmp" else "val"),
         model=replace(model, init=init, tracking_uri=ws.tracking_uri), ingest=ingest,
         loop=LoopConfig(num_epochs=budget.epochs, batch_size=budget.batch_size, linear_probe=linear_probe,
+                        val_every_epochs=budget.val_every_epochs,
                         optim=OptimConfig(optimizer=budget.optimizer, lr=budget.lr, lr_head=budget.lr_head),
                         tracking=tracking),
         scale=ScaleConfig(num_workers=1, torch_threads=budget.torch_threads),

@@ -1,6 +1,6 @@
 """Quality benchmark: the paper's Tables 1-2 and ablations, in our terms, on generated data.
 
-    python bench/quality.py --preset quick      # ~1 h on a 2-core CPU
+    python bench/quality.py --preset quick      # ~1 h 50 min on a 2-core CPU
     python bench/quality.py --preset full       # larger data and budgets (a GPU machine)
 
 One run fills every row, on held-out validation scenes:
@@ -94,11 +94,14 @@ def main() -> None:
     ingest = IngestConfig(label_mode="majority", voxel_size=p["voxel"])
     teach = teacher_and_pairing(ws, SimTeacherConfig(), PairingConfig(), timer=timer)
     R["pairing"] = {k: v for k, v in teach["pair_stats"].items() if k != "errors"}
-    # the one Train worker reserves 1 CPU (Ray then sets 1 torch thread) but gets every core: the data side
+    # validation every 5 epochs and at the last (it took ~35 s of each ~110 s epoch on 2 cores; rows read the
+    # last epoch's val metrics, and training is the same either way).
+    # The one Train worker reserves 1 CPU (Ray then sets 1 torch thread) but gets every core: the data side
     # (voxelisation) leaves most of them idle (data-wait ~0.13); measured 2 distill epochs 218 s -> 164 s on 2 cores
     threads = os.cpu_count()
     b = lambda e, **kw: StageBudget(**{"epochs": e, "batch_size": p["batch"], "optimizer": p["optimizer"],  # noqa: E731
-                                       "lr": p["lr"], "lr_head": p["lr_head"], "torch_threads": threads, **kw})
+                                       "lr": p["lr"], "lr_head": p["lr_head"], "torch_threads": threads,
+                                       "val_every_epochs": 5, **kw})
     common = dict(pairing=teach["pairing"], teacher_run=teach["teacher_run"], model=model, ingest=ingest,
                   experiment="afov_quality", timer=timer)
     tmp_off, tmp_pap = TMPConfig(), TMPConfig(text_form="paper")

@@ -63,6 +63,8 @@ class LoopConfig:
     seed: int = field(default=0, metadata={"help": "torch seed (model init)"})
     linear_probe: bool = field(default=False, metadata={"help": "freeze all but the head, BN in eval mode"})
     log_every_steps: int = field(default=1, metadata={"help": "MLflow step-metric interval"})
+    val_every_epochs: int = field(default=1, metadata={
+        "help": "validate every N epochs (the last epoch always validates); training is the same either way"})
     optim: OptimConfig = field(default_factory=OptimConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -221,8 +223,10 @@ def stage_loop(config: dict) -> None:
         elapsed = time.perf_counter() - t_epoch
         metrics = {"epoch": epoch, "step": step, "train/loss_epoch": loss_sum / max(n_steps, 1),
                    "train/losses": losses,
-                   "train/steps": n_steps, "train/data_wait_fraction": wait / max(elapsed, 1e-9)}
-        if val_shard is not None:
+                   "train/steps": n_steps, "train/data_wait_fraction": wait / max(elapsed, 1e-9),
+                   "train/epoch_s": elapsed, "train/torch_threads": torch.get_num_threads()}
+        every = max(loop.val_every_epochs, 1)
+        if val_shard is not None and ((epoch + 1) % every == 0 or epoch + 1 == loop.num_epochs):
             model.eval()
             with torch.no_grad():
                 metrics.update({f"val/{k}": v for k, v in stage.validate(model, val_shard, device).items()})

@@ -38,6 +38,15 @@ class RegressionStage(Stage):
         return ((model(x).squeeze(1) - y) ** 2).mean(), {}
 
 
+class ValRegressionStage(RegressionStage):
+    name = "toy-val"
+
+    def validate(self, model, shard, device):
+        err = [float(((model(torch.as_tensor(np.stack(b["x"]))).squeeze(1) - torch.as_tensor(b["y"])) ** 2).sum())
+               for b in shard.iter_batches(batch_size=4, batch_format="numpy")]
+        return {"sse": sum(err)}
+
+
 @pytest.fixture(scope="module")
 def ray_session(tmp_path_factory):
     import sys
@@ -64,7 +73,7 @@ def _loop(**kw):
 
 
 def test_two_workers_reproduce_one_worker_trajectory(ray_session, tmp_path):
-    r1 = run_stage(RegressionStage(), _loop(batch_size=8), ScaleConfig(num_workers=1),
+    r1 = run_stage(RegressionStage(), _loop(batch_size=8), ScaleConfig(num_workers=1, torch_threads=3),
                    RunSettings(name="one", storage_path=str(tmp_path), num_to_keep=None), {"train": _data()})
     r2 = run_stage(RegressionStage(), _loop(batch_size=4), ScaleConfig(num_workers=2),
                    RunSettings(name="two", storage_path=str(tmp_path), num_to_keep=None), {"train": _data()})
@@ -72,6 +81,9 @@ def test_two_workers_reproduce_one_worker_trajectory(ray_session, tmp_path):
     l1 = [m["train/loss_epoch"] for m in r1.metrics_dataframe.to_dict("records")]
     l2 = [m["train/loss_epoch"] for m in r2.metrics_dataframe.to_dict("records")]
     assert len(l1) == len(l2) == 3
+    # scale.torch_threads overrides Ray's OMP_NUM_THREADS (= CPUs reserved, 1 here) inside the worker
+    assert r1.metrics["train/torch_threads"] == 3
+    assert r2.metrics["train/torch_threads"] == int(os.environ.get("OMP_NUM_THREADS", 1))
     assert l1[-1] < l1[0]                           # it learns
     np.testing.assert_allclose(l1, l2, rtol=1e-5)  # same global batch -> same trajectory
     from afov_ray.train.checkpoint import load_checkpoint
@@ -95,3 +107,20 @@ def test_worker_killed_mid_epoch_resumes_and_finishes(ray_session, tmp_path):
     # no half-written checkpoint files anywhere in the run folder
     leftovers = [f for _, _, fs in os.walk(tmp_path) for f in fs if f.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_val_every_epochs_skips_validation_but_not_training(ray_session, tmp_path):
+    runs = {}
+    for every in (1, 2):
+        res = run_stage(ValRegressionStage(), _loop(epochs=3, batch_size=4, val_every_epochs=every),
+                        ScaleConfig(num_workers=1),
+                        RunSettings(name=f"v{every}", storage_path=str(tmp_path), num_to_keep=None),
+                        {"train": _data(8), "val": _data(4)})
+        assert res.error is None
+        runs[every] = res.metrics_dataframe.to_dict("records")
+    has_val = lambda rows: [r.get("val/sse") is not None and r["val/sse"] == r["val/sse"] for r in rows]  # noqa: E731
+    assert has_val(runs[1]) == [True, True, True]
+    assert has_val(runs[2]) == [False, True, True]          # epochs 2 and 3 (the last always validates)
+    np.testing.assert_allclose([r["train/loss_epoch"] for r in runs[1]], [r["train/loss_epoch"] for r in runs[2]],
+                               rtol=1e-6)
+    assert runs[1][-1]["val/sse"] == pytest.approx(runs[2][-1]["val/sse"], rel=1e-6)
