@@ -209,6 +209,8 @@ def per_class_table(t: dict) -> list[str]:
     read from the evaluate report; shows which classes the network has (not) learned."""
     import numpy as np
 
+    from afov_ray.eval.metrics import iou_per_class
+
     f = Path(t.get("report_dir", "")) / "metrics.json"
     if not f.exists():
         return []
@@ -218,9 +220,7 @@ def per_class_table(t: dict) -> list[str]:
     iou, count = {}, None
     for s in srcs:
         H = np.asarray(doc["sources"][s]["visible"]["confusion"], dtype=np.float64)
-        tp = np.diag(H)
-        union = H.sum(0) + H.sum(1) - tp
-        iou[s] = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        iou[s] = iou_per_class(H)
         count = H.sum(1)
     out = ["", "Per-class IoU on camera-visible val points (TMP-init distillation; classes with ground truth):", "",
            "| class | points | " + " | ".join(srcs) + " |", "|---|---:|" + "---:|" * len(srcs)]

@@ -127,8 +127,8 @@ def stage_loop(config: dict) -> None:
     stage: Stage = config["stage"]
     loop: LoopConfig = config["loop"]
     rank, world = _rank_world()
-    if config.get("torch_threads"):
-        torch.set_num_threads(int(config["torch_threads"]))
+    if config.get("torch_threads") is not None:
+        torch.set_num_threads(config["torch_threads"])
     torch.manual_seed(loop.seed)
     device = ray.train.torch.get_device()
 
@@ -225,8 +225,7 @@ def stage_loop(config: dict) -> None:
                    "train/losses": losses,
                    "train/steps": n_steps, "train/data_wait_fraction": wait / max(elapsed, 1e-9),
                    "train/epoch_s": elapsed, "train/torch_threads": torch.get_num_threads()}
-        every = max(loop.val_every_epochs, 1)
-        if val_shard is not None and ((epoch + 1) % every == 0 or epoch + 1 == loop.num_epochs):
+        if val_shard is not None and ((epoch + 1) % loop.val_every_epochs == 0 or epoch + 1 == loop.num_epochs):
             model.eval()
             with torch.no_grad():
                 metrics.update({f"val/{k}": v for k, v in stage.validate(model, val_shard, device).items()})
@@ -249,6 +248,12 @@ def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettin
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from afov_ray.config import ConfigError
+
+    if scale.torch_threads is not None and scale.torch_threads < 1:
+        raise ConfigError(f"config key 'scale.torch_threads': must be >= 1 or null, got {scale.torch_threads}")
+    if loop.val_every_epochs < 1:
+        raise ConfigError(f"config key 'loop.val_every_epochs': must be >= 1, got {loop.val_every_epochs}")
     storage = run.storage_path
     if "://" not in storage:
         storage = os.path.abspath(storage)

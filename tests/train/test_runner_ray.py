@@ -124,3 +124,14 @@ def test_val_every_epochs_skips_validation_but_not_training(ray_session, tmp_pat
     np.testing.assert_allclose([r["train/loss_epoch"] for r in runs[1]], [r["train/loss_epoch"] for r in runs[2]],
                                rtol=1e-6)
     assert runs[1][-1]["val/sse"] == pytest.approx(runs[2][-1]["val/sse"], rel=1e-6)
+
+
+@pytest.mark.parametrize("field,scale_kw,loop_kw", [("scale.torch_threads", {"torch_threads": 0}, {}),
+                                                    ("loop.val_every_epochs", {}, {"val_every_epochs": 0})])
+def test_bad_thread_or_val_interval_is_refused_naming_the_key(tmp_path, field, scale_kw, loop_kw):
+    from afov_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        run_stage(RegressionStage(), _loop(**loop_kw), ScaleConfig(**scale_kw),
+                  RunSettings(name="bad", storage_path=str(tmp_path)), {"train": None})
+    assert not (tmp_path / "bad").exists()
