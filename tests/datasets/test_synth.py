@@ -323,7 +323,8 @@ def test_cover_all_classes_puts_rare_classes_in_every_scan(seed):
     from afov_ray.datasets.synth.nuscenes_writer import make_scene
     from afov_ray.datasets.synth.rig import make_transform, yaw_to_quat
 
-    rare = {Kind.BICYCLE, Kind.MOTORCYCLE, Kind.CONSTRUCTION, Kind.BARRIER, Kind.TRAFFIC_CONE, Kind.OTHER_FLAT}
+    rare = {Kind.BICYCLE, Kind.MOTORCYCLE, Kind.CONSTRUCTION, Kind.BARRIER, Kind.TRAFFIC_CONE, Kind.OTHER_FLAT,
+            Kind.BUS, Kind.TRUCK}
     on = make_scene(SynthConfig(seed=seed, keyframes_per_scene=6, cover_all_classes=True), 0, "s")
     off = make_scene(SynthConfig(seed=seed, keyframes_per_scene=6), 0, "s")
     # the showcase is drawn last: same origin, ego path and ground layout, plus cleared-in objects
@@ -331,7 +332,8 @@ def test_cover_all_classes_puts_rare_classes_in_every_scan(seed):
     np.testing.assert_array_equal(on.ground_rects[:len(off.ground_rects)], off.ground_rects)
     off_boxes = {tuple(r) for r in off.boxes.round(9)}
     added = [k for r, k in zip(on.boxes.round(9), on.box_kind) if tuple(r) not in off_boxes]
-    assert {Kind.BICYCLE, Kind.MOTORCYCLE, Kind.CONSTRUCTION, Kind.BARRIER, Kind.FENCE} <= set(map(Kind, added))
+    assert {Kind.BICYCLE, Kind.MOTORCYCLE, Kind.BUS, Kind.TRUCK, Kind.CONSTRUCTION, Kind.BARRIER,
+            Kind.FENCE} <= set(map(Kind, added))
     counts = np.zeros(64, np.int64)
     for t in (0.3, on.duration_s / 2, on.duration_s - 0.3):      # the LiDAR at the start, middle and end
         sweep = simulate_sweep(on, t, on.ego_pose(t) @ make_transform(yaw_to_quat(0.0), [0.0, 0.0, 1.84]),
