@@ -94,6 +94,7 @@ def main() -> None:
     ingest = IngestConfig(label_mode="majority", voxel_size=p["voxel"])
     teach = teacher_and_pairing(ws, SimTeacherConfig(), PairingConfig(), timer=timer)
     R["pairing"] = {k: v for k, v in teach["pair_stats"].items() if k != "errors"}
+    R["class_balance"] = class_balance(ws, teach["pairing"])
     # validation every 5 epochs and at the last (it took ~35 s of each ~110 s epoch on 2 cores; rows read the
     # last epoch's val metrics, and training is the same either way).
     # The one Train worker reserves 1 CPU (Ray then sets 1 torch thread) but gets every core: the data side
@@ -151,6 +152,15 @@ def main() -> None:
     print(md)
 
 
+def class_balance(ws, pairing: str) -> list[dict]:
+    """Per-class camera-visible points and pseudo-label recall in the train vs val scenes."""
+    from afov_ray.eval.class_balance import balance_rows, pairing_confusions
+    from afov_ray.teachers.dictionary import ClassDictionary
+
+    names = list(ClassDictionary.load("nuscenes").eval_class_names)
+    return balance_rows(pairing_confusions(pairing, ws.split_file), names)
+
+
 def _m(ev: dict, source: str, subset: str = "all") -> dict:
     return ev[source][subset]
 
@@ -186,6 +196,12 @@ def render(R: dict) -> str:
                      f"{n['feature_noise']}) | {pct(n['pair_agreement'])} | {pct(n['pseudo_visible']['miou_present'])} | "
                      f"{pct(n['distilled']['miou_present'])} |")
     lines += per_class_table(t)
+    if R.get("class_balance"):
+        from afov_ray.eval.class_balance import markdown
+
+        lines += ["", "Class balance of the pseudo-labels (camera-visible points with ground truth): what the network "
+                  "can learn from (train scenes) vs what it is scored on (val scenes):", ""]
+        lines += markdown(R["class_balance"])
     checks = [
         ("TMP init beats random init (distillation)", t["pred"]["all"]["miou_present"]
          > R["q-distill-random"]["pred"]["all"]["miou_present"]),
