@@ -75,16 +75,16 @@ def balance_rows(mats: dict[str, np.ndarray], class_names: list[str], splits: tu
 
     rows = []
     present = [s for s in splits if s in mats]
+    iou = {s: iou_per_class(mats[s], empty_union="nan") for s in present}
     for c in range(1, len(class_names)):
         row = {"class": class_names[c]}
         for s in present:
-            H = mats[s]
-            n = int(H[c].sum())
+            H, n = mats[s], int(mats[s][c].sum())
             wrong = H[c].copy()
             wrong[c] = 0
             top = int(np.argmax(wrong))
             row[s] = {"points": n, "recall": float(H[c, c] / n) if n else float("nan"),
-                      "iou": float(iou_per_class(H, empty_union="nan")[c]),
+                      "iou": float(iou[s][c]),
                       "top_confusion": class_names[top] if wrong[top] > 0 else None,
                       "top_confusion_points": int(wrong[top])}
         if any(row[s]["points"] for s in present):
@@ -95,7 +95,8 @@ def balance_rows(mats: dict[str, np.ndarray], class_names: list[str], splits: tu
 def markdown(rows: list[dict], splits: tuple[str, ...] = ("train", "val")) -> list[str]:
     """Markdown lines: class | per split: points, pseudo recall, most frequent wrong pseudo-label."""
     present = [s for s in splits if rows and s in rows[0]]
-    head = "| class | " + " | ".join(f"{s} points | {s} pseudo recall | {s} most often labelled" for s in present) + " |"
+    head = "| class | " + " | ".join(f"{s} points | {s} pseudo recall | {s} most often labelled"
+                                    for s in present) + " |"
     out = [head, "|---|" + "---:|---:|---|" * len(present)]
     for r in rows:
         cells = []

@@ -21,7 +21,9 @@ def test_committed_table_renders_from_committed_json():
     q = _quality_module()
     R = json.loads((ROOT / "bench/results/quality_quick.json").read_text())
     md = q.render(R)
-    assert md == (ROOT / "bench/results/quality_quick.md").read_text()
+    assert md == (ROOT / "bench/results/quality_quick.md").read_text(), (
+        "bench/results/quality_quick.md is stale: re-render it from the JSON with "
+        "bench/quality.py's render() (or re-run `bench/quality.py --preset quick`, which reuses cached rows)")
     t = R["q-distill-tmp"]
     vis, pseudo = t["pred"]["visible"]["miou_present"], t["pseudo"]["visible"]["miou_present"]
     ok = "holds" if vis > pseudo else "does not hold"

@@ -26,10 +26,11 @@ class SynthConfig:
       write_images: write the 6 camera JPEGs per keyframe (tables list them either way).
       jpeg_quality: PIL JPEG quality.
       image_noise: std of per-pixel Gaussian noise added to the rendered RGB (0..255 scale).
-      cover_all_classes: add a close-range showcase to every scene (a bicycle and a motorcycle in the next
-        lane, a bus passing in the oncoming lane, a parked truck, a work zone with cones, barriers and a construction vehicle,
-        other-flat lots with fences), so that a handful of scenes does not leave rare classes in val only. Off by default:
-        scenes are then exactly those drawn before this option existed. Also used by the KITTI writer.
+      cover_all_classes: add a close-range showcase to every scene (a bicycle and a motorcycle in the
+        next lane, a bus passing in the oncoming lane, a parked truck, a work zone with cones, barriers
+        and a construction vehicle, other-flat lots with fences), so that a handful of scenes does not
+        leave rare classes in val only. Off by default: scenes are then exactly those drawn before this
+        option existed. Also used by the KITTI writer.
 
     SemanticKITTI output (``generate_semantickitti``):
       kitti_num_beams / kitti_azimuth_steps: HDL-64E-like sensor (+2..-24.8 deg).
