@@ -158,6 +158,7 @@ def main() -> None:
                              "distilled_visible": e["pred"]["visible"], "pair_agreement": t["pair_stats"]["agreement"]}
     R["timings_s"] = timer.stages
     R["row_timings_s"] = {k: v for t in cache.timings.values() for k, v in t.items()}
+    R["per_class_visible"] = per_class_data(R["q-distill-tmp"])
     (ws.out / "quality.json").write_text(json.dumps(R, indent=1, default=str))
     md = render(R)
     (ws.out / "quality.md").write_text(md)
@@ -208,7 +209,7 @@ def render(R: dict) -> str:
         lines.append(f"| {level} (confusion {n['confusion_prob']}, boundary {n['boundary_px']} px, feature noise "
                      f"{n['feature_noise']}) | {pct(n['pair_agreement'])} | {pct(n['pseudo_visible']['miou_present'])} | "
                      f"{pct(n['distilled']['miou_present'])} |")
-    lines += per_class_table(t)
+    lines += per_class_table(R.get("per_class_visible"))
     if R.get("class_balance"):
         from afov_ray.eval.class_balance import markdown
 
@@ -236,16 +237,17 @@ def render(R: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def per_class_table(t: dict) -> list[str]:
-    """Per-class IoU on camera-visible val points: pseudo-labels vs the distilled network (TMP init),
-    read from the evaluate report; shows which classes the network has (not) learned."""
+def per_class_data(t: dict) -> dict | None:
+    """Per-class IoU on camera-visible val points of the TMP-init distillation, per source (pseudo-labels,
+    network, + AFI), read from its evaluate report: {"sources": [...], "rows": [[class, points, iou...]]}.
+    Stored in quality.json so the report renders from the JSON alone."""
     import numpy as np
 
     from afov_ray.eval.metrics import iou_per_class
 
     f = Path(t.get("report_dir", "")) / "metrics.json"
     if not f.exists():
-        return []
+        return None
     doc = json.loads(f.read_text())
     names = doc["class_names"]
     srcs = [s for s in ("pseudo", "pred", "pred_afi") if s in doc["sources"]]
@@ -254,11 +256,20 @@ def per_class_table(t: dict) -> list[str]:
         H = np.asarray(doc["sources"][s]["visible"]["confusion"], dtype=np.float64)
         iou[s] = iou_per_class(H)
         count = H.sum(1)
+    rows = [[names[c], int(count[c])] + [round(100 * float(iou[s][c]), 1) for s in srcs]
+            for c in range(1, len(names)) if count[c] > 0]
+    return {"sources": srcs, "rows": rows}
+
+
+def per_class_table(data: dict | None) -> list[str]:
+    """The per-class table of ``per_class_data``: which classes the network has (not) learned."""
+    if not data:
+        return []
+    srcs = data["sources"]
     out = ["", "Per-class IoU on camera-visible val points (TMP-init distillation; classes with ground truth):", "",
            "| class | points | " + " | ".join(srcs) + " |", "|---|---:|" + "---:|" * len(srcs)]
-    for c in range(1, len(names)):
-        if count[c] > 0:
-            out.append(f"| {names[c]} | {int(count[c])} | " + " | ".join(f"{100 * iou[s][c]:.1f}" for s in srcs) + " |")
+    for name, points, *vals in data["rows"]:
+        out.append(f"| {name} | {points} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
     return out
 
 

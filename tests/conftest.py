@@ -1,7 +1,7 @@
-"""Shared fixtures for tests on REAL data (/work/shared/data, see its README.md).
+"""Shared fixtures for tests on REAL data (vendored in ``tests/data``, see its README.md for licences).
 
-* ``shared_data``: the real-data folder: ``$AFOV_SHARED_DATA``, else ``<repo>/../shared/data``, else
-  ``/work/shared/data``. Missing data is a test failure, not a skip (these tests are mandatory).
+* ``real_data``: the real-data folder: ``$AFOV_TEST_DATA``, else ``tests/data`` of this repository.
+  Missing data is a test failure, not a skip (these tests are mandatory).
 * ``make_nuscenes_root(dst, ...)``: builds a nuScenes dataroot the real devkit loads from
   ``nuscenes_scene0916`` (5 keyframes of scene-0916, 6 cameras): per-file symlinks to the real
   samples (so a test can replace one file), the 9 real tables of ``v1.0-extract`` plus minimal
@@ -26,11 +26,11 @@ SCENE0916 = "nuscenes_scene0916"
 NUSCENES_VERSION = "v1.0-mini"
 
 
-def _find_shared_data() -> Path | None:
+def _find_real_data() -> Path | None:
     candidates = []
-    if os.environ.get("AFOV_SHARED_DATA"):
-        candidates.append(Path(os.environ["AFOV_SHARED_DATA"]))
-    candidates += [REPO_ROOT.parent / "shared" / "data", Path("/work/shared/data")]
+    if os.environ.get("AFOV_TEST_DATA"):
+        candidates.append(Path(os.environ["AFOV_TEST_DATA"]))
+    candidates.append(REPO_ROOT / "tests" / "data")
     for c in candidates:
         if (c / "README.md").is_file():
             return c
@@ -38,10 +38,10 @@ def _find_shared_data() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    path = _find_shared_data()
+def real_data() -> Path:
+    path = _find_real_data()
     if path is None:
-        pytest.fail("real test data not found: set AFOV_SHARED_DATA or provide ../shared/data or /work/shared/data")
+        pytest.fail(f"real test data not found in {REPO_ROOT / 'tests' / 'data'} (or $AFOV_TEST_DATA)")
     return path
 
 
@@ -121,11 +121,11 @@ def build_nuscenes_root(
 
 
 @pytest.fixture(scope="session")
-def make_nuscenes_root(shared_data: Path) -> Callable[..., Path]:
+def make_nuscenes_root(real_data: Path) -> Callable[..., Path]:
     """Factory: ``make_nuscenes_root(dst, version="v1.0-mini", lidarseg_labels=None) -> dataroot``."""
 
     def make(dst: Path, version: str = NUSCENES_VERSION, lidarseg_labels=None) -> Path:
-        return build_nuscenes_root(shared_data / SCENE0916, Path(dst), version, lidarseg_labels)
+        return build_nuscenes_root(real_data / SCENE0916, Path(dst), version, lidarseg_labels)
 
     return make
 
@@ -137,7 +137,7 @@ def nuscenes_root(make_nuscenes_root, tmp_path_factory) -> Path:
 
 
 def replace_symlink_with_copy(path: Path) -> Path:
-    """Make ``path`` (a symlink into shared data) a private writable copy; returns it."""
+    """Make ``path`` (a symlink into the real test data) a private writable copy; returns it."""
     target = path.resolve()
     path.unlink()
     shutil.copyfile(target, path)
@@ -147,5 +147,5 @@ def replace_symlink_with_copy(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def private_copy() -> Callable[[Path], Path]:
-    """``private_copy(path)``: turn a symlinked shared file in a built dataroot into a writable copy."""
+    """``private_copy(path)``: turn a symlinked real-data file in a built dataroot into a writable copy."""
     return replace_symlink_with_copy

@@ -33,8 +33,8 @@ def _fmt(M: np.ndarray) -> str:
 
 
 @pytest.fixture()
-def kitti_root(tmp_path, shared_data):
-    src = shared_data / "semantickitti_000000"
+def kitti_root(tmp_path, real_data):
+    src = real_data / "semantickitti_000000"
     seq = tmp_path / "kitti" / "sequences" / "08"
     for sub in ("velodyne", "labels", "image_2"):
         (seq / sub).mkdir(parents=True)
@@ -46,13 +46,13 @@ def kitti_root(tmp_path, shared_data):
     return tmp_path / "kitti"
 
 
-def test_read_real_scan(kitti_root, shared_data):
+def test_read_real_scan(kitti_root, real_data):
     r = SemanticKITTIReader(kitti_root)
     assert r.scenes() == ["08"] and r.keyframe_ids("08") == ["08/000000"]
     kf = r.read("08/000000")
     assert kf.dataset == "semantickitti" and kf.scene == "08" and kf.sample_token == "08/000000"
     assert kf.points.shape == (123389, 4) and kf.points.dtype == np.float32
-    lab = np.fromfile(shared_data / "semantickitti_000000" / "000000.label", dtype=np.uint32)
+    lab = np.fromfile(real_data / "semantickitti_000000" / "000000.label", dtype=np.uint32)
     np.testing.assert_array_equal(kf.raw_labels, kitti_semantic(lab))
     np.testing.assert_array_equal(kf.labels, kitti_raw_to_eval(lab))
     assert kf.labels.dtype == np.uint8 and kf.lidar_path == "sequences/08/velodyne/000000.bin"
@@ -80,16 +80,16 @@ def test_lidar_only_without_calib_and_images(kitti_root):
         SemanticKITTIReader(kitti_root).read("08/000000")
 
 
-def test_kitti_robustness(kitti_root, shared_data):
+def test_kitti_robustness(kitti_root, real_data):
     seq = kitti_root / "sequences" / "08"
     # second frame: truncated scan
-    data = (shared_data / "semantickitti_000000" / "000000.bin").read_bytes()
+    data = (real_data / "semantickitti_000000" / "000000.bin").read_bytes()
     (seq / "velodyne" / "000001.bin").write_bytes(data[:-6])
     # third frame: labels shorter than the scan
-    (seq / "velodyne" / "000002.bin").symlink_to(shared_data / "semantickitti_000000" / "000000.bin")
+    (seq / "velodyne" / "000002.bin").symlink_to(real_data / "semantickitti_000000" / "000000.bin")
     (seq / "labels" / "000002.label").write_bytes(np.zeros(10, np.uint32).tobytes())
     # fourth frame: no label file (test-split style), no image
-    (seq / "velodyne" / "000003.bin").symlink_to(shared_data / "semantickitti_000000" / "000000.bin")
+    (seq / "velodyne" / "000003.bin").symlink_to(real_data / "semantickitti_000000" / "000000.bin")
     r = SemanticKITTIReader(kitti_root)
     assert r.keyframe_ids("08") == ["08/000000", "08/000001", "08/000002", "08/000003"]
     with pytest.raises(DataError, match="multiple of 16") as e:
@@ -112,8 +112,8 @@ def test_kitti_robustness(kitti_root, shared_data):
     assert e.value.item.endswith("calib.txt")
 
 
-def test_kitti_object_calib_real_frame(shared_data):
-    d = shared_data / "kitti_object_000008"
+def test_kitti_object_calib_real_frame(real_data):
+    d = real_data / "kitti_object_000008"
     calib = read_kitti_object_calib(d / "calib.txt")
     P2_4x4 = np.array([float(x) for x in (d / "000008.txt").read_text().split()]).reshape(4, 4)
     np.testing.assert_allclose(calib["P2"], P2_4x4[:3], rtol=1e-9)

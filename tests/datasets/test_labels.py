@@ -53,8 +53,8 @@ def test_nuscenes_map_equals_devkit_class_mapper(tmp_path, make_nuscenes_root):
     np.testing.assert_array_equal(L.nuscenes_raw_to_eval(raw_all), mapper.convert_label(raw_all))
 
 
-def test_nuscenes_real_lidarseg40(shared_data):
-    d = shared_data / "nuscenes_lidarseg40"
+def test_nuscenes_real_lidarseg40(real_data):
+    d = real_data / "nuscenes_lidarseg40"
     raw = np.fromfile(next(d.glob("*_lidarseg.bin")), dtype=np.uint8)
     pts = np.fromfile(next(d.glob("*.pcd.bin")), dtype=np.float32).reshape(-1, 5)
     assert raw.shape == (40,) and pts.shape == (40, 5)
@@ -79,8 +79,8 @@ def test_kitti_table_and_spec_values():
     assert L.kitti_semantic(lab).tolist() == [10, 254, 40]
 
 
-def test_kitti_real_label_file(shared_data):
-    lab = np.fromfile(shared_data / "semantickitti_000000" / "000000.label", dtype=np.uint32)
+def test_kitti_real_label_file(real_data):
+    lab = np.fromfile(real_data / "semantickitti_000000" / "000000.label", dtype=np.uint32)
     assert lab.shape == (123389,)
     sem = L.kitti_semantic(lab)
     present = set(np.unique(sem).tolist())

@@ -46,11 +46,11 @@ def test_split_filter(nuscenes_root):
         NuScenesReader(nuscenes_root, VERSION, split="nope").scenes()
 
 
-def test_read_keyframe(reader, shared_data):
+def test_read_keyframe(reader, real_data):
     for token in reader.keyframe_ids("scene-0916"):
         kf = reader.read(token)
         assert kf.dataset == "nuscenes" and kf.scene == "scene-0916" and kf.sample_token == token
-        raw = np.fromfile(shared_data / "nuscenes_scene0916" / kf.lidar_path, dtype=np.float32).reshape(-1, 5)
+        raw = np.fromfile(real_data / "nuscenes_scene0916" / kf.lidar_path, dtype=np.float32).reshape(-1, 5)
         assert kf.points.dtype == np.float32 and kf.points.shape == (raw.shape[0], 4)
         np.testing.assert_array_equal(kf.points, raw[:, :4])
         np.testing.assert_array_equal(kf.ring, raw[:, 4].astype(np.uint8))
@@ -166,7 +166,7 @@ def test_bad_calibrated_sensor(broken_root, field, value, match):
     _others_ok(broken_root, token)
 
 
-def test_lidarseg_labels_and_length_mismatch(tmp_path, make_nuscenes_root, shared_data):
+def test_lidarseg_labels_and_length_mismatch(tmp_path, make_nuscenes_root, real_data):
     """Fake lidarseg (format test): label = ring index % 32 -> raw/eval labels; one file too short -> DataError."""
     lidar_files = {}
 

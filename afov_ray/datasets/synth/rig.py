@@ -1,7 +1,7 @@
 """Sensor rigs: the real nuScenes rig (scene-0916 calibrated_sensor values) and a KITTI-odometry rig.
 
 nuScenes numbers are copied from the real ``calibrated_sensor.json`` of scene-0916 (log n015,
-/work/shared/data/nuscenes_scene0916); rotations are quaternions [w, x, y, z] sensor->ego, the
+tests/data/nuscenes_scene0916); rotations are quaternions [w, x, y, z] sensor->ego, the
 intrinsics are for 1600x900 and get scaled by :func:`scale_intrinsics`. Camera time offsets relative
 to the LiDAR (microseconds) are those of that scene's first sample (cameras fire as the LiDAR sweeps).
 """
