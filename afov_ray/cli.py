@@ -1,84 +1,102 @@
-"""Command-line plumbing shared by the jobs: ``--config FILE`` plus dotted ``key=value`` overrides.
+"""Command-line plumbing shared by every job: ``--config FILE`` plus dotted ``key=value`` overrides.
 
-Every job is ``python jobs/<name>.py [--config configs/x.yaml] [key.sub=value ...]``; ``--help``
-prints the job's description and every config key with its type and default (help texts come
-from the ``help`` metadata of dataclass fields where given), ``--print-config`` prints the resolved
-config and exits. Jobs start or join Ray through ``init_ray`` (``address`` in the config, else
-``RAY_ADDRESS`` as set by ``ray job submit``, else a local Ray).
+Every job is ``python jobs/<name>.py [--config PRESET.yaml] [key.sub=value ...]``:
+
+- ``--help`` prints the job's description and every config key with its type, default and help text;
+- ``--print-config`` prints the resolved config as JSON and exits (validation included);
+- a bad key or value is ONE line on stderr naming the key (and the closest valid keys), exit code 2;
+  a data error names the file / scene / sample, exit code 1; no traceback for either;
+- ``run_job`` sets up logging, parses, and runs the job body, which returns the exit code
+  (0 done, 1 some items failed or were skipped, 2 bad config, 3 nothing produced).
+Presets named by a job's default ``--config`` are found from any working directory.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import typing
-from typing import Any
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Callable
 
-from afov_ray.config import load_config, to_dict
+from afov_ray.config import ConfigError, describe, load_config, to_dict
+from afov_ray.errors import DataError
+from afov_ray.log import get_logger, setup_logging
+
+log = get_logger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _type_name(tp) -> str:
-    s = getattr(tp, "__name__", None) or str(tp)
-    return s.replace("typing.", "")
+def _fmt_default(v: Any) -> str:
+    s = json.dumps(v) if isinstance(v, (list, dict, bool, type(None))) else repr(v)
+    return s if len(s) < 60 else s[:57] + "..."
 
 
-def describe_config(cls, prefix: str = "") -> list[str]:
-    """One line per leaf key: ``key (type, default): help``."""
+def describe_config(cls) -> list[str]:
+    """One block per leaf key: ``key (type, default): help``."""
     lines = []
-    hints = typing.get_type_hints(cls)
-    inst = cls()
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        val = getattr(inst, f.name)
-        if dataclasses.is_dataclass(tp):
-            lines += describe_config(tp, prefix + f.name + ".")
-            continue
-        text = f.metadata.get("help", "")
-        lines.append(f"  {prefix}{f.name} ({_type_name(tp)}, default {val!r}){': ' + text if text else ''}")
+    for key, tp, default, text in describe(cls):
+        head = f"  {key} ({tp}, default {_fmt_default(default)})"
+        lines.append(head)
+        if text:
+            lines += textwrap.wrap(text, width=100, initial_indent="      ", subsequent_indent="      ")
     return lines
 
 
-def parse_job_args(cls, description: str, argv: list[str] | None = None, default_config: str | None = None):
-    """Parse ``--config`` / overrides into an instance of ``cls``; returns (cfg, argparse namespace)."""
+def resolve_preset(path: str | None) -> str | None:
+    """A preset path as given, else relative to the repository (``configs/...`` from anywhere)."""
+    if not path or os.path.exists(path):
+        return path
+    alt = REPO_ROOT / path
+    return str(alt) if alt.exists() else path
+
+
+def build_parser(cls, description: str, default_config: str | None = None) -> argparse.ArgumentParser:
     epilog = "config keys (override with key=value; nested keys with dots):\n" + "\n".join(describe_config(cls))
     p = argparse.ArgumentParser(description=description, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=default_config, help="YAML config file (default: %(default)s)")
+    p.add_argument("--config", default=default_config, help="YAML preset (default: %(default)s)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. loop.num_epochs=2")
-    ns = p.parse_args(argv)
-    config = ns.config
-    if config and config == default_config and not os.path.exists(config):
-        # the presets live in the repository's configs/: find them from any working directory
-        repo_default = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), config)
-        if os.path.exists(repo_default):
-            config = repo_default
-    cfg = load_config(cls, config, ns.overrides)
+    return p
+
+
+def parse_job_args(cls, description: str, argv: list[str] | None = None, default_config: str | None = None):
+    """Parse ``--config`` / overrides into an instance of ``cls``; returns (cfg, argparse namespace).
+    Raises ConfigError (one line) on a bad key or value; exits after ``--print-config``."""
+    ns = build_parser(cls, description, default_config).parse_args(argv)
+    cfg = load_config(cls, resolve_preset(ns.config), ns.overrides)
     if ns.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         raise SystemExit(0)
     return cfg, ns
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any):
-    """Join ``address`` (or ``RAY_ADDRESS``, set by ``ray job submit``) or start a local Ray.
+def run_job(cls, body: Callable[[Any], int | None], description: str, argv: list[str] | None = None,
+            default_config: str | None = None) -> int:
+    """The whole ``main()`` of a job: logging, parsing, the body, one-line errors, the exit code."""
+    setup_logging()
+    try:
+        cfg, _ = parse_job_args(cls, description, argv, default_config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return int(body(cfg) or 0)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
-    A local Ray starts WITH the dashboard (on 127.0.0.1): Ray Train V2's detached
-    ``PlacementGroupCleaner`` asks the State API, which the dashboard serves, whether a finished run's
-    controller is gone; without it the cleaner of an earlier fit in the same session can remove the
-    placement group of a later fit and kill its workers ("Destroying worker since its placement group
-    was removed"), seen when several fits run in one session (demo, quality benchmark, sweeps)."""
-    import ray
 
-    if ray.is_initialized():
-        return ray
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        kwargs.setdefault("include_dashboard", True)
-        kwargs.setdefault("dashboard_host", "127.0.0.1")
-        ray.init(num_cpus=num_cpus, **kwargs)
-    return ray
+def print_summary(summary) -> None:
+    """Print a pass summary's lines (failed items and skipped sub-items named)."""
+    for line in summary.lines():
+        print(line)

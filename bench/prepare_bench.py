@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--ray", action="store_true", help="also run with Ray tasks")
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
     args = ap.parse_args()
-    from afov_ray.datasets.prepare import prepare
+    from afov_ray.pipeline.prepare import prepare
 
     reader = PoolReader(args.scenes, args.keyframes, args.points)
     reader._kfs()

@@ -1,7 +1,7 @@
-"""Annotation-free training: distil the pseudo-labels into the 3D network (CE + Lovasz) on Ray Train.
+r"""Annotation-free training: distil the pseudo-labels into the 3D network (CE + Lovasz) on Ray Train.
 
 Example:
-    python jobs/distill.py --config configs/distill.yaml data.pairing=outputs/demo/pairing \\
+    python jobs/distill.py --config configs/nuscenes/distill.yaml data.pairing=outputs/demo/pairing \
         data.split_file=outputs/demo/splits.json model.init=models:/afov-tmp@current
 model.init takes models:/name@alias, models:/name/version, runs:/..., a checkpoint folder/file or s3:// URI.
 """

@@ -1,8 +1,8 @@
-"""Downstream 1 % fine-tuning (data.train_split=train_1pct) or linear probing (--config configs/linear_probe.yaml)
+r"""Downstream 1 % fine-tuning (data.train_split=train_1pct) or linear probing (--config configs/nuscenes/linear_probe.yaml)
 on ground-truth labels, initialised from TMP or distillation (model.init).
 
 Example:
-    python jobs/finetune.py --config configs/finetune.yaml data.split_file=splits.json model.init=models:/afov-tmp@current
+    python jobs/finetune.py --config configs/nuscenes/finetune.yaml data.split_file=splits.json model.init=models:/afov-tmp@current
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hyper-parameter sweep (Ray Tune + Ray Train V2) over teacher runs, TMP loss weights / temperature and
+r"""Hyper-parameter sweep (Ray Tune + Ray Train V2) over teacher runs, TMP loss weights / temperature and
 learning rates; ASHA early stopping; the best trial's model is registered in MLflow with alias sweep.alias.
 
 Each trial is a training job (same keys as jobs/distill.py / jobs/tmp.py) initialised from sweep.init
@@ -7,33 +7,17 @@ after the driver died resumes the sweep: finished trials are kept, unfinished on
 last epoch checkpoint.
 
 Examples:
-    python jobs/sweep.py --config configs/sweep.yaml data.split_file=outputs/demo/splits.json \\
+    python jobs/sweep.py --config configs/nuscenes/sweep.yaml data.split_file=outputs/demo/splits.json \
         'sweep.teachers=[{name: san, run: s3://b/afov/teacher/san-1a2b, pairing: s3://b/afov/pairing_san},
                          {name: fcclip, run: s3://b/afov/teacher/fcclip-3c4d, pairing: s3://b/afov/pairing_fcclip}]'
-    python jobs/sweep.py --config configs/sweep_tmp.yaml sweep.space.tmp.tau=[0.05,0.07,0.1]
-    ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/sweep.py --config configs/sweep.yaml
+    python jobs/sweep.py --config configs/nuscenes/sweep_tmp.yaml sweep.space.tmp.tau=[0.05,0.07,0.1]
+    ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/sweep.py --config configs/nuscenes/sweep.yaml
 """
 
 from __future__ import annotations
 
-import json
-
-from afov_ray.cli import parse_job_args
-from afov_ray.tune.sweep import SweepJob, run_sweep
-
-
-def main(argv=None) -> int:
-    cfg, _ = parse_job_args(SweepJob, __doc__, argv, default_config="configs/sweep.yaml")
-    summary = run_sweep(cfg)
-    print("sweep summary: " + json.dumps(summary, default=str))   # one line, for scripts
-    errors = [t for t in summary["trials"] if t["error"]]
-    if summary["best"] is None:
-        print(f"sweep {cfg.sweep.name}: no trial finished ({len(errors)} errors)")
-        return 1
-    print(f"sweep {cfg.sweep.name}: best trial {summary['best']['trial_id']} "
-          f"{summary['metric']}={summary['best']['value']} -> {summary['best'].get('registered')}")
-    return 0
-
+from afov_ray.cli import run_job
+from afov_ray.tune.sweep import SweepJob, sweep_job
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_job(SweepJob, sweep_job, __doc__, default_config="configs/nuscenes/sweep.yaml"))

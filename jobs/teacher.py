@@ -1,39 +1,17 @@
-"""teacher job: camera images of the sweep shards -> teacher shards (masks, text ids, fp16 features).
+r"""teacher job: camera images of the sweep shards -> teacher shards (masks, text ids, fp16 mask features).
 
-Example (generated data, simulated teacher):
-    python jobs/teacher.py sweeps=outputs/demo/sweeps out=outputs/demo/teacher \\
+Examples (generated data, simulated teacher; real data, MaskCLIP on local CLIP weights):
+    python jobs/teacher.py sweeps=outputs/demo/sweeps out=outputs/demo/teacher \
         teacher.dataroot=outputs/demo/nuscenes teacher.sim.confusion_prob=0.2
+    python jobs/teacher.py sweeps=s3://bucket/afov/sweeps out=s3://bucket/afov/teacher teacher.teacher=maskclip \
+        teacher.dataroot=s3://bucket/nuscenes teacher.maskclip.weights=/models/ViT-L-14-336.pt teacher.exec.use_gpu=true
 
-Runs a Ray Data actor pool over the images; writes <out>/<run_id>/{run.json,text_embedding.npy,
-images/<scene>.parquet}. Scenes already written are skipped. Official SAN / CAT-Seg / FC-CLIP outputs
-are imported with afov_ray.teachers.official instead.
+Writes <out>/<run_id>/{run.json, text_embedding.npy, images/<scene>.parquet, images/_manifest.json}; prints the
+run folder to give jobs/pair.py. Scenes already written are skipped; a bad image is skipped and named.
 """
 
-from __future__ import annotations
-
-import json
-from dataclasses import dataclass, field
-
-from afov_ray.cli import init_ray, parse_job_args
-from afov_ray.teachers.teacher_pass import TeacherPassConfig, run_teacher_pass
-
-
-@dataclass
-class TeacherJob:
-    sweeps: str = field(default="outputs/demo/sweeps", metadata={"help": "sweeps folder URI (prepare output)"})
-    out: str = field(default="outputs/demo/teacher", metadata={"help": "teacher output root URI"})
-    address: str | None = field(default=None, metadata={"help": "Ray address; default local Ray"})
-    num_cpus: int | None = None
-    teacher: TeacherPassConfig = field(default_factory=TeacherPassConfig)
-
-
-def main(argv=None) -> int:
-    cfg, _ = parse_job_args(TeacherJob, __doc__, argv)
-    init_ray(cfg.address, cfg.num_cpus)
-    summary = run_teacher_pass(cfg.sweeps, cfg.out, cfg.teacher)
-    print(json.dumps(summary, indent=1))
-    return 1 if summary["errors"] else 0
-
+from afov_ray.cli import run_job
+from afov_ray.pipeline.teacher import TeacherJob, teacher_job
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_job(TeacherJob, teacher_job, __doc__))

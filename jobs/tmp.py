@@ -1,7 +1,7 @@
-"""TMP pre-training (tri-modal contrastive: superpixel-superpoint InfoNCE + text-superpoint loss) on Ray Train.
+r"""TMP pre-training (tri-modal contrastive: superpixel-superpoint InfoNCE + text-superpoint loss) on Ray Train.
 
 Example:
-    python jobs/tmp.py --config configs/tmp.yaml data.pairing=s3://bucket/afov/pairing \\
+    python jobs/tmp.py --config configs/nuscenes/tmp.yaml data.pairing=s3://bucket/afov/pairing \
         data.split_file=splits.json tmp.teacher_run=s3://bucket/afov/teacher/<run_id> scale.num_workers=4 scale.use_gpu=true
 Registers the model in MLflow as loop.tracking.register_as (default afov-tmp) with alias loop.tracking.alias.
 """

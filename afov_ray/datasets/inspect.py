@@ -2,7 +2,7 @@
 
 ``dataset_stats`` reads only the light columns (scene, num_points, labels) of ``<out>/sweeps``;
 ``inspect_sweeps`` also draws, for a few keyframes, the LiDAR points projected onto each camera
-image coloured by depth (a check of the calibration chain, afov-reference.md section 4.3) and a
+image coloured by depth (a check of the calibration chain, docs/method.md "Projection") and a
 bird's-eye view coloured by label.
 """
 
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from afov_ray.config import option
 from afov_ray.datasets.types import Keyframe
 from afov_ray.storage import uri as U
 from afov_ray.storage.atomic import atomic_write_bytes
@@ -195,7 +197,7 @@ def inspect_sweeps(
 
     Returns the stats dict with ``figures`` (URIs of the PNGs written; ``stats.json`` too).
     """
-    from afov_ray.storage.sweeps import table_to_keyframes
+    from afov_ray.datasets.sweeps import table_to_keyframes
 
     stats = dataset_stats(sweeps_uri)
     stats["figures"] = []
@@ -207,3 +209,26 @@ def inspect_sweeps(
                                              stats.get("class_names")))
         atomic_write_bytes(U.join(out, "stats.json"), json.dumps(stats, indent=2).encode())
     return stats
+
+
+@dataclass
+class InspectJob:
+    sweeps: str = option("outputs/demo/sweeps", "sweeps folder URI written by prepare (<out>/sweeps), local or s3://")
+    dataroot: str | None = option(None, "raw dataset root (local or s3://) holding the camera images named in the "
+                                        "shards; without it the projections are drawn on grey canvases")
+    out: str | None = option(None, "folder URI for the PNGs and stats.json (no figures without it)")
+    num_keyframes: int = option(1, "how many keyframes to draw", min=0)
+    json: bool = option(False, "print the stats as JSON instead of a table")
+
+
+def inspect_job(cfg: InspectJob) -> int:
+    """The body of ``jobs/inspect_data.py``."""
+    from afov_ray.errors import DataError
+
+    if not U.listdir(cfg.sweeps):
+        raise DataError(cfg.sweeps, "no sweep shards here: run jobs/prepare.py first (its out=... folder holds sweeps/)")
+    stats = inspect_sweeps(cfg.sweeps, dataroot=cfg.dataroot, out=cfg.out, num_keyframes=cfg.num_keyframes)
+    print(json.dumps(stats, indent=2) if cfg.json else format_stats(stats))
+    for f in stats["figures"]:
+        print("wrote", f)
+    return 0

@@ -122,9 +122,10 @@ def occlusion_test(pixel: np.ndarray, depth: np.ndarray, height: int, width: int
 
 
 def pair_keyframe(keyframe, masks: list[CameraMasks | None], text_to_raw: np.ndarray,
-                  raw_to_eval: np.ndarray, cfg: PairingConfig | None = None) -> Pairing:
+                  raw_to_eval: np.ndarray, cfg: PairingConfig | None = None, num_classes: int = 17) -> Pairing:
     """Pair one keyframe with its cameras' teacher masks (``masks[i]`` for ``keyframe.cameras[i]``;
-    None = camera missing: skipped and counted in ``stats['missing_cameras']``)."""
+    None = camera missing: skipped and counted in ``stats['missing_cameras']``). ``num_classes``:
+    evaluation classes including the ignore class 0 (17 nuScenes, 20 SemanticKITTI)."""
     cfg = cfg or PairingConfig()
     if cfg.rule not in ("official", "zbuffer"):
         raise ValueError(f"pairing rule must be 'official' or 'zbuffer', got {cfg.rule!r}")
@@ -189,7 +190,7 @@ def pair_keyframe(keyframe, masks: list[CameraMasks | None], text_to_raw: np.nda
     pseudo_eval = np.zeros(n, dtype=np.uint8)
     has = pseudo_raw >= 0
     pseudo_eval[has] = np.asarray(raw_to_eval)[pseudo_raw[has]]
-    stats = coverage_stats(pseudo_eval, getattr(keyframe, "labels", None))
+    stats = coverage_stats(pseudo_eval, getattr(keyframe, "labels", None), num_classes)
     stats["missing_cameras"] = missing
     stats["num_pairings"] = int(len(point))
     stats["num_superpoints"] = int(counter)
@@ -205,12 +206,14 @@ def coverage_stats(pseudo_eval: np.ndarray, gt: np.ndarray | None, num_classes: 
     lab = pseudo_eval > 0
     out = {"num_points": n, "labelled": int(lab.sum()), "coverage": float(lab.mean()) if n else 0.0}
     if gt is not None:
-        gt = np.asarray(gt)
+        gt = np.asarray(gt, dtype=np.int64)
+        if gt.size and int(gt.max()) >= num_classes:
+            raise DataError("labels", f"ground-truth label {int(gt.max())} outside 0..{num_classes - 1}")
         both = lab & (gt > 0)
         agree = both & (pseudo_eval == gt)
         out["scored"] = int(both.sum())
         out["agree"] = int(agree.sum())
-        out["agreement"] = float(agree.sum() / max(both.sum(), 1))
+        out["agreement"] = float(agree.sum() / both.sum()) if both.any() else None
         out["per_class_gt"] = np.bincount(gt[gt > 0], minlength=num_classes).tolist()
         out["per_class_labelled"] = np.bincount(gt[lab & (gt > 0)], minlength=num_classes).tolist()
         out["per_class_agree"] = np.bincount(gt[agree], minlength=num_classes).tolist()

@@ -8,7 +8,6 @@ written last). ``verify_manifest`` re-reads the shards and recomputes everything
 from __future__ import annotations
 
 import datetime as _dt
-import getpass
 import hashlib
 import json
 import platform
@@ -83,10 +82,8 @@ def write_manifest(
         "manifest_version": MANIFEST_FORMAT_VERSION,
         "schema": schema,
         "schema_version": int(schema_version),
-        "created": {
+        "created": {   # no host or user names: a manifest travels with the data
             "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(),
-            "user": _user(),
             "python": platform.python_version(),
         },
         "job": extra or {},
@@ -99,13 +96,6 @@ def write_manifest(
     }
     atomic_write_json(U.join(dir_uri, MANIFEST_NAME), doc)
     return doc
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "unknown"
 
 
 def read_manifest(dir_uri: str) -> dict[str, Any] | None:

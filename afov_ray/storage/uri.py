@@ -28,6 +28,30 @@ if TYPE_CHECKING:  # pragma: no cover
 S3_SCHEME = "s3://"
 
 
+class UnsafePathError(ValueError):
+    """A path component built from data or user input would escape its folder (``..``, absolute)."""
+
+
+def check_component(part: str, what: str = "path component") -> str:
+    """Return ``part`` if it is one safe relative path component: not empty, no ``/`` or ``\\``,
+    not ``.``/``..``, no NUL, not absolute; else raise UnsafePathError naming it."""
+    p = str(part)
+    if (not p or p in (".", "..") or "/" in p or "\\" in p or "\x00" in p or p.startswith("~")
+            or len(p) > 255):
+        raise UnsafePathError(f"{what} {p!r} is not a safe file name (no '/', '..', '\\', absolute or empty names)")
+    return p
+
+
+def _check_relative(part: str) -> list[str]:
+    """Components of a relative join part; ``..``/absolute/``.`` components are rejected."""
+    p = str(part).replace("\\", "/")
+    comps = [c for c in p.strip("/").split("/") if c]
+    for c in comps:
+        if c in (".", "..") or "\x00" in c:
+            raise UnsafePathError(f"path part {part!r} would leave its folder ('..' / '.' components)")
+    return comps
+
+
 def is_s3(uri: str) -> bool:
     return str(uri).startswith(S3_SCHEME)
 
@@ -40,6 +64,8 @@ def split_s3(uri: str) -> tuple[str, str]:
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise ValueError(f"{uri}: no bucket in the URI")
+    if any(c in (".", "..") for c in key.split("/")):
+        raise UnsafePathError(f"{uri}: '.' / '..' components are not allowed in s3:// URIs")
     return bucket, key
 
 
@@ -109,12 +135,15 @@ def resolve(uri: str) -> tuple["pyarrow.fs.FileSystem", str]:
 
 
 def join(uri: str, *parts: str) -> str:
-    """Join path parts onto a URI with ``/`` (keeps the ``s3://`` form for S3)."""
+    """Join relative path parts onto a URI with ``/`` (keeps the ``s3://`` form for S3).
+
+    Parts never leave ``uri``: ``..`` / ``.`` components raise UnsafePathError, and leading slashes
+    are dropped (``join("s3://b/p", "/x")`` is ``s3://b/p/x``)."""
     uri = str(uri)
+    comps = [c for p in parts for c in _check_relative(p)]
     if is_s3(uri):
-        pieces = [uri.rstrip("/")] + [str(p).strip("/") for p in parts if str(p).strip("/")]
-        return "/".join(pieces)
-    return os.path.join(uri, *[str(p) for p in parts])
+        return "/".join([uri.rstrip("/")] + comps)
+    return os.path.join(uri, *comps)
 
 
 def parent(uri: str) -> str:

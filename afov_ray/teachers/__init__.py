@@ -16,7 +16,7 @@ from afov_ray.teachers.schema import (
     superpixel_feature_table,
     to_table,
     write_run,
-    write_scene_shard,
+    images_table,
 )
 
 __all__ = [
@@ -38,5 +38,5 @@ __all__ = [
     "to_table",
     "vocabulary_hash",
     "write_run",
-    "write_scene_shard",
+    "images_table",
 ]

@@ -30,7 +30,6 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -121,37 +120,67 @@ class TextEmbeddingTable:
         return self.embeddings[self.num_texts] if self.void_row else None
 
 
-def run_dir(root: str | os.PathLike, run: TeacherRun) -> Path:
-    return Path(root) / run.run_id
+RUN_RECORD = "run.json"
+TEXT_EMBEDDING = "text_embedding.npy"
+IMAGES_DIR = "images"
 
 
-def write_run(root: str | os.PathLike, run: TeacherRun, text: TextEmbeddingTable) -> Path:
-    """Write ``run.json`` and ``text_embedding.npy`` under ``<root>/<run_id>/``; returns that folder."""
+def run_uri(root: str | os.PathLike, run: TeacherRun) -> str:
+    from afov_ray.storage import uri as U
+
+    return U.join(str(root), run.run_id)
+
+
+def write_run(root: str | os.PathLike, run: TeacherRun, text: TextEmbeddingTable, extra: dict | None = None) -> str:
+    """Write ``run.json`` and ``text_embedding.npy`` under ``<root>/<run_id>/`` (local or s3://, atomic);
+    returns that folder's URI. ``extra`` (the teacher's settings, weights checksum, ...) goes into run.json."""
+    from afov_ray.storage import uri as U
+    from afov_ray.storage.atomic import atomic_write_bytes, atomic_write_json
+
     if text.feature_dim != run.feature_dim:
         raise DataError(run.run_id, f"text embeddings are {text.feature_dim}-d, run says {run.feature_dim}")
-    d = run_dir(root, run)
-    d.mkdir(parents=True, exist_ok=True)
-    _atomic_write(d / "text_embedding.npy", _npy_bytes(np.ascontiguousarray(text.embeddings, dtype=np.float32)))
+    d = run_uri(root, run)
+    atomic_write_bytes(U.join(d, TEXT_EMBEDDING),
+                       _npy_bytes(np.ascontiguousarray(text.embeddings, dtype=np.float32)))
     meta = run.to_dict() | {"void_row": bool(text.void_row), "num_texts": int(text.num_texts),
-                            "schema_version": SCHEMA_VERSION}
-    _atomic_write(d / "run.json", json.dumps(meta, indent=2).encode("utf-8"))
+                            "schema_version": SCHEMA_VERSION} | (extra or {})
+    atomic_write_json(U.join(d, RUN_RECORD), json.loads(json.dumps(meta, default=str)))
     return d
 
 
+def read_run_record(path: str | os.PathLike) -> dict[str, Any]:
+    """``run.json`` of a run folder (local or s3://) as a dict; DataError naming the file."""
+    from afov_ray.storage import uri as U
+
+    item = U.join(str(path), RUN_RECORD)
+    try:
+        meta = json.loads(U.read_bytes(item))
+    except FileNotFoundError:
+        raise DataError(item, "no teacher run here (run.json missing): check the teacher_run URI") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(item, f"cannot read run record: {exc}") from None
+    if not isinstance(meta, dict):
+        raise DataError(item, "run record is not a JSON object")
+    return meta
+
+
 def read_run(path: str | os.PathLike) -> tuple[TeacherRun, TextEmbeddingTable]:
-    """Read a run folder written by :func:`write_run`."""
-    d = Path(path)
-    item = str(d / "run.json")
+    """Read a run folder written by :func:`write_run` (local or s3://)."""
+    from afov_ray.storage import uri as U
+
+    meta = read_run_record(path)
+    run = TeacherRun.from_dict(meta, U.join(str(path), RUN_RECORD))
+    emb_uri = U.join(str(path), TEXT_EMBEDDING)
     try:
-        meta = json.loads((d / "run.json").read_text(encoding="utf-8"))
+        emb = np.load(io.BytesIO(U.read_bytes(emb_uri)), allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise DataError(item, f"cannot read run record: {exc}") from exc
-    run = TeacherRun.from_dict(meta, item)
+        raise DataError(emb_uri, f"cannot read text embeddings: {exc}") from None
     try:
-        emb = np.load(d / "text_embedding.npy", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(str(d / "text_embedding.npy"), f"cannot read text embeddings: {exc}") from exc
-    return run, TextEmbeddingTable(emb, bool(meta.get("void_row", False)), int(meta["num_texts"]))
+        return run, TextEmbeddingTable(emb, bool(meta.get("void_row", False)), int(meta["num_texts"]))
+    except DataError as e:
+        raise DataError(emb_uri, e.message) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(U.join(str(path), RUN_RECORD), f"bad run record: {exc!r}") from None
 
 
 # ---------------------------------------------------------------------- per-image records
@@ -340,39 +369,23 @@ def from_table(table) -> list[TeacherImage]:
     return [from_row(r) for r in table.to_pylist()]
 
 
-def shard_path(run_folder: str | os.PathLike, scene_token: str) -> Path:
-    return Path(run_folder) / "images" / f"{scene_token}.parquet"
-
-
-def write_scene_shard(
-    run_folder: str | os.PathLike,
-    scene_token: str,
-    images: Sequence[TeacherImage],
-    *,
-    num_texts: int,
-    feature_dim: int | None = DEFAULT_FEATURE_DIM,
-    run_id: str | None = None,
-) -> Path:
-    """Validate and write one scene's images to ``<run_folder>/images/<scene_token>.parquet`` atomically."""
-    import pyarrow.parquet as pq
-
+def images_table(images: Sequence[TeacherImage], *, num_texts: int, feature_dim: int | None = DEFAULT_FEATURE_DIM,
+                 run_id: str | None = None):
+    """Validate a scene's images and build its teacher-shard table (committed by the teacher pass)."""
     for im in images:
         im.validate(num_texts, feature_dim)
-    table = to_table(images, run_id=run_id)
-    path = shard_path(run_folder, scene_token)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-    return path
+    return to_table(images, run_id=run_id)
 
 
 def read_scene_shard(path: str | os.PathLike) -> list[TeacherImage]:
+    """All images of one teacher shard (local path or s3:// URI; no manifest check)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from afov_ray.storage import uri as U
+
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(U.read_bytes(str(path))))
     except (OSError, pa.ArrowInvalid) as exc:
         raise DataError(str(path), f"cannot read teacher shard: {exc}") from exc
     return from_table(table)
@@ -383,9 +396,3 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -1,55 +1,57 @@
 """Training checkpoints: plain state dicts, written atomically, loaded with ``weights_only=True``.
 
 A checkpoint is a directory holding ``state.pt`` (model / optimiser / schedule state, epoch, step,
-the resolved config as plain data) and ``meta.json`` (the same small metadata, readable without
-torch). ``state.pt`` is written to a temporary name and renamed into place, so a crash never leaves
-a half-written file under the final name; Ray Train then uploads the whole directory.
+the resolved config as plain data) and ``meta.json`` (the same small metadata plus the model's contract
+``model_spec``, readable without torch). Both are written with the one atomic writer
+(``afov_ray.storage.atomic``), so a crash never leaves a half-written file under the final name; Ray
+Train then uploads the whole directory.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from afov_ray.storage.atomic import atomic_write_bytes, atomic_write_json
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(directory: str | Path, *, model_state: dict, epoch: int, step: int,
                     optimizer_state: dict | None = None, schedule_state: dict | None = None,
-                    config: dict | None = None, metrics: dict | None = None) -> Path:
+                    config: dict | None = None, metrics: dict | None = None, model_spec: dict | None = None) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {"model": model_state, "optimizer": optimizer_state, "schedule": schedule_state,
-             "epoch": int(epoch), "step": int(step), "config": config or {}}
-    _atomic_torch_save(state, d / STATE_FILE)
-    meta = {"epoch": int(epoch), "step": int(step), "metrics": metrics or {}}
-    _atomic_text(json.dumps(meta, indent=1, default=float), d / META_FILE)
+             "epoch": int(epoch), "step": int(step), "config": config or {}, "model_spec": model_spec}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(str(d / STATE_FILE), buf.getvalue())
+    meta = {"epoch": int(epoch), "step": int(step), "metrics": _plain(metrics or {}), "model_spec": model_spec}
+    atomic_write_json(str(d / META_FILE), meta, indent=1)
+    _drop_tmp_dir(d)
     return d
+
+
+def _plain(metrics: dict) -> dict:
+    return json.loads(json.dumps(metrics, default=float))
+
+
+def _drop_tmp_dir(d: Path) -> None:
+    """The atomic writer's (now empty) temp folder is not part of a checkpoint."""
+    try:
+        (d / "_tmp").rmdir()
+    except OSError:
+        pass
+
+
+def read_meta(directory: str | Path) -> dict:
+    p = Path(directory) / META_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
 
 
 def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> dict:

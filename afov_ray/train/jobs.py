@@ -1,9 +1,10 @@
 """Job-level configs and drivers of the three training jobs (``jobs/tmp.py``, ``jobs/distill.py``,
 ``jobs/finetune.py``); the scripts stay thin.
 
-Every hyper-parameter of the official configs (afov-reference.md section 7) is a config key; the
-presets in ``configs/`` reproduce the official TMP / annotation-free / downstream settings, and the
-``configs/demo/`` presets are tiny versions for the generated demo dataset.
+Every hyper-parameter of the official configs (official ``config/*.yaml``) is a config key; the presets
+in ``configs/nuscenes/`` and ``configs/semantickitti/`` reproduce the official TMP / annotation-free /
+downstream settings (docs/method.md lists them), and ``configs/demo.yaml`` composes tiny versions for
+the generated demo dataset.
 
 Splits come from a split file (``afov_ray.datasets.splits.write_split_file``): ``train_split`` names
 the scenes trained on (``train``, the 1 % ``train_1pct``, ...), ``val_split`` those validated on.
@@ -11,8 +12,10 @@ the scenes trained on (``train``, the 1 % ``train_1pct``, ...), ``val_split`` th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
+from afov_ray.config import option, section
+from afov_ray.errors import DataError
 from afov_ray.train.data import IngestConfig, scan_dataset
 from afov_ray.train.optim import OptimConfig
 from afov_ray.train.runner import LoopConfig, RunSettings, ScaleConfig, run_stage
@@ -22,44 +25,49 @@ from afov_ray.train.tracking import TrackingConfig
 
 @dataclass
 class DataConfig:
-    pairing: str = field(default="outputs/demo/pairing", metadata={"help": "pairing shards folder URI"})
-    split_file: str | None = field(default=None, metadata={"help": "split file (JSON); None = all scenes"})
-    train_split: str = field(default="train", metadata={"help": "split trained on (train, train_1pct, ...)"})
-    val_split: str | None = field(default="val", metadata={"help": "split validated on each epoch; None: none"})
+    pairing: str = option("outputs/demo/pairing", "pairing shards folder URI (local or s3://)")
+    split_file: str | None = option(None, "split file (JSON, written by prepare); None = all scenes")
+    train_split: str = option("train", "split trained on (train, train_1pct, ...)")
+    val_split: str | None = option("val", "split validated on each epoch (segmentation stages); None: none")
 
 
 @dataclass
 class TrainJob:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    scale: ScaleConfig = field(default_factory=ScaleConfig)
-    run: RunSettings = field(default_factory=RunSettings)
-    tmp: TMPConfig = field(default_factory=TMPConfig)
-    seg: SegConfig = field(default_factory=SegConfig)
+    data: DataConfig = section(DataConfig, "training data")
+    model: ModelConfig = section(ModelConfig, "network")
+    ingest: IngestConfig = section(IngestConfig, "voxelisation and augmentation")
+    loop: LoopConfig = section(LoopConfig, "epochs, batch, optimiser, tracking")
+    scale: ScaleConfig = section(ScaleConfig, "Ray Train workers and resources")
+    run: RunSettings = section(RunSettings, "Ray Train run: name, checkpoint storage, failures")
+    tmp: TMPConfig = section(TMPConfig, "TMP losses and the teacher run")
+    seg: SegConfig = section(SegConfig, "segmentation head (distillation, fine-tuning, probing)")
 
 
-def _split_scenes(cfg: DataConfig, name: str | None) -> list[str] | None:
+def split_scenes(cfg: DataConfig, name: str | None) -> list[str] | None:
+    """Scenes of split ``name`` in the split file (None: no restriction); an empty split is a DataError
+    saying which split is empty and why."""
     if cfg.split_file is None or name is None:
         return None
     from afov_ray.datasets.splits import read_split_file
 
     splits = read_split_file(cfg.split_file)
     if name not in splits:
-        raise KeyError(f"split {name!r} not in {cfg.split_file} (has {sorted(splits)})")
+        raise DataError(cfg.split_file, f"no split {name!r} (the file has {sorted(splits)}); set data.train_split / "
+                                        f"data.val_split")
     sp = splits[name]
-    return list(sp.scenes if hasattr(sp, "scenes") else sp["scenes"])
+    if not sp.scenes:
+        why = sp.rule.get("rule", "") if isinstance(sp.rule, dict) else ""
+        raise DataError(cfg.split_file, f"split {name!r} is empty (no scene of the prepared data is in it"
+                                        + (f"; rule: {why}" if why else "") + ")")
+    return list(sp.scenes)
 
 
 def build_datasets(cfg: TrainJob, with_pairings: bool, train_target: str) -> dict:
-    from dataclasses import replace
-
     train_ingest = replace(cfg.ingest, with_pairings=with_pairings, target=train_target)
-    ds = {"train": scan_dataset(cfg.data.pairing, train_ingest, _split_scenes(cfg.data, cfg.data.train_split))}
+    ds = {"train": scan_dataset(cfg.data.pairing, train_ingest, split_scenes(cfg.data, cfg.data.train_split))}
     if cfg.data.val_split and cfg.data.split_file and not with_pairings:
         val_ingest = replace(cfg.ingest, with_pairings=False, target="gt", augment=False)
-        ds["val"] = scan_dataset(cfg.data.pairing, val_ingest, _split_scenes(cfg.data, cfg.data.val_split))
+        ds["val"] = scan_dataset(cfg.data.pairing, val_ingest, split_scenes(cfg.data, cfg.data.val_split))
     return ds
 
 
@@ -90,7 +98,7 @@ def run_train_job(kind: str, cfg: TrainJob, callbacks: list | None = None, linea
 
     ``callbacks`` go to the Train ``RunConfig`` (a Tune trial passes ``TuneReportCallback``);
     ``lineage`` adds tags to the registered model beside the stage's and the job's own."""
-    from afov_ray.cli import init_ray
+    from afov_ray.runtime import init_ray
 
     stage = make_stage(kind, cfg)
     init_ray(cfg.scale.address)
@@ -108,13 +116,17 @@ __all__ = ["DataConfig", "TrainJob", "run_train_job", "make_stage", "job_lineage
 
 def job_main(kind: str, description: str, argv=None) -> int:
     """The body of ``jobs/tmp.py`` / ``jobs/distill.py`` / ``jobs/finetune.py``."""
-    from afov_ray.cli import parse_job_args
+    from afov_ray.cli import run_job
 
-    cfg, _ = parse_job_args(TrainJob, description, argv, default_config=f"configs/{kind}.yaml")
-    result = run_train_job(kind, cfg)
-    if result.error is not None:
-        print(f"{kind} failed: {result.error}")
-        return 1
-    print(f"{kind} finished; checkpoint: {result.checkpoint.path if result.checkpoint else None}")
-    print(f"metrics: {result.metrics}")
-    return 0
+    def body(cfg: TrainJob) -> int:
+        result = run_train_job(kind, cfg)
+        if result.error is not None:
+            print(f"{kind} failed: {str(result.error).splitlines()[0]}")
+            return 1
+        m = {k: v for k, v in dict(result.metrics or {}).items() if not isinstance(v, list)}
+        print(f"{kind} finished; checkpoint: {result.checkpoint.path if result.checkpoint else None}")
+        print("final metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in sorted(m.items()) if "/iou/" not in k))
+        return 0
+
+    return run_job(TrainJob, body, description, argv, default_config=f"configs/nuscenes/{kind}.yaml")

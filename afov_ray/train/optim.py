@@ -18,25 +18,29 @@ afov-reference.md sections 2.5 (TMP), 5.4 (annotation-free) and 6.2 (downstream)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
+
+from afov_ray.config import option
 
 HEAD_PREFIX = "final."
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = field(default="sgd", metadata={"help": "sgd (official) | adamw (faster at small budgets)"})
-    lr: float = field(default=0.02, metadata={"help": "base learning rate (body, or all when lr_head is null)"})
-    lr_head: float | None = field(default=2.0, metadata={"help": "learning rate of final.* (null: one group)"})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
-    dampening: float = field(default=0.1, metadata={"help": "SGD dampening (official 0.1)"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "weight decay (coupled for SGD)"})
-    weight_decay_head: float | None = field(default=None, metadata={"help": "head weight decay (null: same)"})
-    per_iteration_schedule: bool = field(default=False, metadata={
-        "help": "cosine stepped per iteration (option) instead of per epoch (official)"})
+    optimizer: Literal["sgd", "adamw"] = option("sgd", "sgd (official) | adamw (ours: far fewer steps to a usable "
+                                                       "model at small budgets)")
+    lr: float = option(0.02, "base learning rate (body, or all when lr_head is null)", gt=0)
+    lr_head: float | None = option(2.0, "learning rate of final.* (null: one group)", gt=0)
+    momentum: float = option(0.9, "SGD momentum", min=0, max=1)
+    dampening: float = option(0.1, "SGD dampening (official 0.1)", min=0, max=1)
+    weight_decay: float = option(1e-4, "weight decay (coupled for SGD, decoupled for AdamW)", min=0)
+    weight_decay_head: float | None = option(None, "head weight decay (null: same as weight_decay)", min=0)
+    per_iteration_schedule: bool = option(False, "cosine stepped per iteration (option) instead of per epoch "
+                                                 "(official)")
 
 
 def _is_head(name: str, head_prefix: str) -> bool:

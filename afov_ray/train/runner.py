@@ -22,57 +22,69 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
+from afov_ray.config import option
+from afov_ray.log import format_duration, get_logger
+from afov_ray.models.spec import ModelSpec
 from afov_ray.train.checkpoint import load_checkpoint, save_checkpoint
 from afov_ray.train.optim import CosineSchedule, OptimConfig, build_optimizer, freeze_for_linear_probe
 from afov_ray.train.tracking import Tracker, TrackingConfig
 
+log = get_logger(__name__)
+
 
 @dataclass
 class ScaleConfig:
-    num_workers: int = field(default=1, metadata={"help": "Ray Train workers (one GPU each with use_gpu)"})
-    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
-    cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs reserved per Train worker"})
-    torch_threads: int | None = field(default=None, metadata={
-        "help": "torch intra-op threads per worker; None: Ray's default (OMP_NUM_THREADS = CPUs reserved). "
-                "More than cpus_per_worker lets a small machine give the worker the cores the data side leaves idle"})
-    address: str | None = field(default=None, metadata={
-        "help": "Ray address to join; None: $RAY_ADDRESS (set by `ray job submit`), else a local Ray"})
+    num_workers: int = option(1, "Ray Train workers (one GPU each with use_gpu)", min=1)
+    use_gpu: bool = option(False, "one GPU per worker")
+    cpus_per_worker: float = option(1.0, "CPUs reserved per Train worker", gt=0)
+    torch_threads: int | None = option(None, "torch intra-op threads per worker; None: Ray's default "
+                                             "(OMP_NUM_THREADS = CPUs reserved). More than cpus_per_worker lets a small "
+                                             "machine give the worker the cores the data side leaves idle", min=1)
+    address: str | None = option(None, "Ray address to join; None: $RAY_ADDRESS (set by `ray job submit`), else "
+                                       "a local Ray")
+    wait_for_resources: bool = option(False, "do not check the request against the cluster's resources (an "
+                                             "autoscaling cluster grows to fit); false: an infeasible request is an "
+                                             "error before training starts")
 
 
 @dataclass
 class RunSettings:
-    name: str = field(default="afov", metadata={
-        "help": "Ray Train run name; re-running with the same name + storage_path resumes"})
-    storage_path: str = field(default="outputs/ray_results", metadata={
-        "help": "checkpoint storage: local folder or s3://bucket/prefix (shared storage on multi-node)"})
-    max_failures: int = field(default=0, metadata={"help": "worker-group restarts from the last checkpoint"})
-    num_to_keep: int | None = field(default=2, metadata={"help": "checkpoints kept (None: all)"})
-    checkpoint_every_steps: int = field(default=0, metadata={"help": "extra mid-epoch checkpoints; 0: epoch ends only"})
+    name: str = option("afov", "Ray Train run name; re-running with the same name + storage_path resumes")
+    storage_path: str = option("outputs/ray_results", "checkpoint storage: local folder or s3://bucket/prefix "
+                                                      "(shared storage on multi-node)")
+    max_failures: int = option(0, "worker-group restarts from the last checkpoint after a worker or node "
+                                  "failure (-1: unlimited)", min=-1)
+    num_to_keep: int | None = option(2, "checkpoints kept (None: all)", min=1)
+    checkpoint_every_steps: int = option(0, "extra mid-epoch checkpoints every N steps; 0: epoch ends only", min=0)
 
 
 @dataclass
 class LoopConfig:
-    num_epochs: int = field(default=1, metadata={"help": "training epochs"})
-    batch_size: int = field(default=2, metadata={"help": "scans per worker per step"})
-    amp: bool = field(default=False, metadata={"help": "bf16 autocast (GPU only)"})
-    seed: int = field(default=0, metadata={"help": "torch seed (model init)"})
-    linear_probe: bool = field(default=False, metadata={"help": "freeze all but the head, BN in eval mode"})
-    log_every_steps: int = field(default=1, metadata={"help": "MLflow step-metric interval"})
-    val_every_epochs: int = field(default=1, metadata={
-        "help": "validate every N epochs (the last epoch always validates); training is the same either way"})
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    num_epochs: int = option(1, "training epochs", min=1)
+    batch_size: int = option(2, "scans per worker per step", min=1)
+    amp: bool = option(False, "bf16 autocast (GPU only)")
+    seed: int = option(0, "torch seed (model init)")
+    linear_probe: bool = option(False, "freeze all but the head, BN in eval mode (official linear probing)")
+    log_every_steps: int = option(1, "MLflow step-metric interval", min=1)
+    val_every_epochs: int = option(1, "validate every N epochs (the last epoch always validates); training is the "
+                                      "same either way", min=1)
+    optim: OptimConfig = option(OptimConfig(), "optimiser and schedule")
+    tracking: TrackingConfig = option(TrackingConfig(), "MLflow tracking and registration")
 
 
 class Stage:
     """Interface of a training stage; subclasses are plain picklable objects."""
 
     name = "stage"
+
+    def model_spec(self) -> ModelSpec:
+        """The contract of the model this stage trains (stored in checkpoints and registered models)."""
+        raise NotImplementedError
 
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -171,6 +183,8 @@ def stage_loop(config: dict) -> None:
     except Exception:  # noqa: BLE001 - no validation dataset
         val_shard = None
 
+    spec = stage.model_spec().to_dict()
+
     def report(epoch_done: int, steps_in_epoch: int, metrics: dict) -> None:
         with tempfile.TemporaryDirectory() as td:
             checkpoint = None
@@ -178,10 +192,11 @@ def stage_loop(config: dict) -> None:
                 save_checkpoint(td, model_state=inner.state_dict(), optimizer_state=optimizer.state_dict(),
                                 schedule_state=schedule.state_dict(), epoch=epoch_done, step=step,
                                 config={"steps_done_in_epoch": steps_in_epoch, "mlflow_run_id": run_id},
-                                metrics=metrics)
+                                metrics=metrics, model_spec=spec)
                 checkpoint = ray.train.Checkpoint.from_directory(td)
             ray.train.report(metrics, checkpoint=checkpoint)
 
+    epoch_times: list[float] = []
     for epoch in range(start_epoch, loop.num_epochs):
         if loop.linear_probe:
             model.eval()  # BN statistics frozen (afov-reference.md 6.2)
@@ -208,12 +223,6 @@ def stage_loop(config: dict) -> None:
             if step % max(loop.log_every_steps, 1) == 0:
                 tracker.log_metrics({"train/loss": global_loss, **{f"train/{k}": v for k, v in logs.items()},
                                      "lr": schedule.lrs()[0]}, step=step)
-            hooks = config.get("test_hooks") or {}
-            if (hooks.get("fail_at_step") == step and rank == world - 1
-                    and not os.path.exists(hooks["marker"])):
-                # test hook: the process dies once, mid-epoch, to exercise FailureConfig + resume
-                open(hooks["marker"], "w").close()
-                os._exit(1)
             if loop_every := config.get("checkpoint_every_steps", 0):
                 if step % loop_every == 0:
                     report(epoch, i + 1, {"epoch": epoch, "step": step, "train/loss": global_loss})
@@ -230,42 +239,54 @@ def stage_loop(config: dict) -> None:
             with torch.no_grad():
                 metrics.update({f"val/{k}": v for k, v in stage.validate(model, val_shard, device).items()})
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        if rank == 0:
+            epoch_times.append(elapsed)
+            log.info(epoch_line(stage.name, epoch, loop.num_epochs, n_steps, metrics, epoch_times,
+                                loop.batch_size * world))
         report(epoch + 1, 0, metrics)
     if rank == 0 and loop.tracking.register_as:
-        tracker.register_model(inner.cpu(), tags=config.get("lineage") or {"stage": stage.name})
+        tracker.register_model(inner.cpu(), tags=config.get("lineage") or {"stage": stage.name},
+                               spec=stage.model_spec())
     tracker.end()
 
 
+def epoch_line(stage: str, epoch: int, num_epochs: int, steps: int, metrics: dict, epoch_times: list[float],
+               scans_per_step: int) -> str:
+    """One line per epoch on rank 0: epoch, steps, loss, validation mIoU, scans/s, time left."""
+    secs = epoch_times[-1]
+    left = (num_epochs - epoch - 1) * (sum(epoch_times) / len(epoch_times))
+    val = metrics.get("val/mIoU")
+    return (f"{stage} epoch {epoch + 1}/{num_epochs}: {steps} steps, loss {metrics['train/loss_epoch']:.4f}"
+            + (f", val mIoU {100 * val:.1f}" if val is not None else "")
+            + f", {steps * scans_per_step / max(secs, 1e-9):.2f} scans/s, data wait "
+              f"{metrics['train/data_wait_fraction']:.0%}, {format_duration(secs)}/epoch, ~{format_duration(left)} left")
+
+
 def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettings,
-              datasets: dict, val_split: bool = True, test_hooks: dict | None = None,
-              callbacks: list | None = None, lineage: dict | None = None):
+              datasets: dict, val_split: bool = True, callbacks: list | None = None, lineage: dict | None = None):
     """Build and fit the ``TorchTrainer``; returns the Ray ``Result``.
 
     ``callbacks``: Ray Train V2 ``UserCallback``s for the ``RunConfig`` (e.g. Tune's
     ``TuneReportCallback`` when called from a Tune trial); ``lineage``: extra tags for the registered
     model (merged over ``{"stage": ..., **stage.lineage()}``)."""
-    import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from afov_ray.config import ConfigError
+    from afov_ray.runtime import init_ray, require_resources
 
-    if scale.torch_threads is not None and scale.torch_threads < 1:
-        raise ConfigError(f"config key 'scale.torch_threads': must be >= 1 or null, got {scale.torch_threads}")
-    if loop.val_every_epochs < 1:
-        raise ConfigError(f"config key 'loop.val_every_epochs': must be >= 1, got {loop.val_every_epochs}")
     storage = run.storage_path
     if "://" not in storage:
         storage = os.path.abspath(storage)
         os.makedirs(storage, exist_ok=True)
-    if not ray.is_initialized():
-        ray.init(address=scale.address, ignore_reinit_error=True)
+    init_ray(scale.address)
+    require_resources({"CPU": scale.cpus_per_worker, "GPU": 1.0 if scale.use_gpu else 0.0}, scale.num_workers,
+                      f"scale.num_workers={scale.num_workers} x (scale.cpus_per_worker={scale.cpus_per_worker}"
+                      + (", 1 GPU)" if scale.use_gpu else ")"), wait=scale.wait_for_resources)
     split = ["train", "val"] if val_split and "val" in datasets else ["train"]
     trainer = TorchTrainer(
         stage_loop,
         train_loop_config={"stage": stage, "loop": loop, "checkpoint_every_steps": run.checkpoint_every_steps,
                            "torch_threads": scale.torch_threads,
-                           "test_hooks": test_hooks,
                            "lineage": {"stage": stage.name, **stage.lineage(), **(lineage or {})}},
         scaling_config=ScalingConfig(num_workers=scale.num_workers, use_gpu=scale.use_gpu,
                                      resources_per_worker={"CPU": scale.cpus_per_worker}),

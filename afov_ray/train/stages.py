@@ -1,9 +1,10 @@
 """The AFOV learning stages as ``Stage`` objects for ``afov_ray.train.runner``.
 
-- ``TMPStage`` (afov-reference.md section 2): Res16UNet34C with a 768-d head and per-voxel L2
+- ``TMPStage`` (paper section 3.2; official ``pretrain/lightning_trainer_ov.py``): Res16UNet34C with a 768-d head and per-voxel L2
   normalisation; loss alpha_i * L_IP + alpha_t * L_TP on the worker's local batch (negatives are local,
   nothing is all-gathered, as coded), text loss in the official soft-target form or the paper form.
-- ``SegStage`` (sections 5 and 6): the same backbone with a 17-way (nuScenes) or 20-way (KITTI) head,
+- ``SegStage`` (paper sections 3.3 and 4; official ``zeroshot/`` and ``downstream/``): the same backbone with a
+  17-way (nuScenes) or 20-way (KITTI) head,
   CE + Lovasz-Softmax on voxels whose target is not 0; targets are the pseudo-labels (annotation-free
   distillation) or ground truth (1 % fine-tuning, linear probing). Validation scores every point of
   the val set in one confusion matrix all-reduced across workers, with class 0 suppressed at argmax
@@ -12,10 +13,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
+
+from afov_ray.config import option
+from afov_ray.eval.metrics import confusion_matrix, iou_per_class
+from afov_ray.models.spec import ModelSpec
 
 from afov_ray.train.data import IngestConfig, collate
 from afov_ray.train.runner import Stage, allreduce_
@@ -23,14 +29,16 @@ from afov_ray.train.runner import Stage, allreduce_
 
 @dataclass
 class ModelConfig:
-    name: str = field(default="res16unet34c", metadata={"help": "res16unet34c (official) | minkunet18 (paper)"})
-    engine: str = field(default="torch", metadata={"help": "sparse-conv engine: torch | minkowski | spconv"})
-    in_channels: int = 1
-    bn_momentum: float = 0.05
-    init: str | None = field(default=None, metadata={
-        "help": "initial weights (shape-filtered): models:/name@alias, models:/name/version, runs:/..., "
-                "a checkpoint folder / .pt file or s3:// URI"})
-    tracking_uri: str | None = field(default=None, metadata={"help": "MLflow tracking URI for models:/ init"})
+    name: Literal["res16unet34c", "minkunet18"] = option(
+        "res16unet34c", "backbone: res16unet34c (official code) | minkunet18 (the paper's wording)")
+    engine: Literal["torch", "minkowski", "spconv"] = option(
+        "torch", "sparse-conv engine: torch (built in, runs everywhere) | minkowski | spconv")
+    in_channels: int = option(1, "input feature channels (1: intensity, official)", min=1)
+    bn_momentum: float = option(0.05, "BatchNorm momentum of stem / transitions (official 0.05; 0.1 inside "
+                                      "residual blocks as coded)", gt=0, max=1)
+    init: str | None = option(None, "initial weights (shape-filtered): models:/name@alias, models:/name/version, "
+                                    "runs:/..., a checkpoint folder / .pt file or s3:// URI")
+    tracking_uri: str | None = option(None, "MLflow tracking URI for models:/ init (default $MLFLOW_TRACKING_URI)")
 
 
 def _init_lineage(cfg: ModelConfig) -> dict[str, str]:
@@ -56,21 +64,39 @@ def _init_state(cfg: ModelConfig) -> dict | None:
     return load_model_state(cfg.init, tracking_uri=cfg.tracking_uri)
 
 
+def _spec(m: ModelConfig, ingest: IngestConfig, out_channels: int, task: str, normalize: bool, dictionary: str,
+          teacher_run: str, class_names: tuple[str, ...] = ()) -> ModelSpec:
+    run_id = teacher_run.rstrip("/").rsplit("/", 1)[-1] if teacher_run else ""
+    return ModelSpec(name=m.name, out_channels=out_channels, in_channels=m.in_channels, bn_momentum=m.bn_momentum,
+                     normalize_features=normalize, task=task, class_names=class_names, grid=ingest.grid,
+                     voxel_size=ingest.voxel_size, dictionary=dictionary,
+                     dataset="semantickitti" if dictionary == "kitti" else "nuscenes", teacher_run=run_id)
+
+
+def _build(spec: ModelSpec, engine: str):
+    from afov_ray.models.res16unet import build_model
+
+    return build_model(spec.name, spec.in_channels, spec.out_channels, engine, spec.bn_momentum,
+                       normalize_features=spec.normalize_features)
+
+
 def _forward(model, batch, device):
     return model(batch["coords"].to(device), batch["feats"].to(device))
 
 
 @dataclass
 class TMPConfig:
-    teacher_run: str = field(default="", metadata={
-        "help": "teacher run folder URI (text_embedding.npy, run.json); the pairing shards must come from it"})
-    dictionary: str = "nuscenes"
-    tau: float = field(default=0.07, metadata={"help": "InfoNCE temperature"})
-    alpha_image: float = field(default=0.5, metadata={"help": "weight of the superpixel-superpoint loss"})
-    alpha_text: float = field(default=0.5, metadata={"help": "weight of the text-superpoint loss"})
-    text_form: str = "official"       # "official" soft targets | "paper" semi-positive form
-    nce_direction: str = "official"   # rows = superpoints (official) | "paper"
-    renormalize: bool = False         # paper: renormalise pooled superpoint features
+    teacher_run: str = option("", "teacher run folder URI (text_embedding.npy, run.json); the pairing shards must "
+                                  "come from it")
+    dictionary: str = option("nuscenes", "class dictionary of the teacher's vocabulary (nuscenes | kitti | YAML)")
+    tau: float = option(0.07, "InfoNCE temperature", gt=0)
+    alpha_image: float = option(0.5, "weight of the superpixel-superpoint loss", min=0)
+    alpha_text: float = option(0.5, "weight of the text-superpoint loss", min=0)
+    text_form: Literal["official", "paper"] = option(
+        "official", "text-superpoint loss: official soft targets over the 175 texts | paper semi-positive form")
+    nce_direction: Literal["official", "paper"] = option(
+        "official", "superpixel-superpoint InfoNCE rows: superpoints (official) | superpixels (paper Eq. 1)")
+    renormalize: bool = option(False, "paper: L2-renormalise pooled superpoint features (official: no)")
 
 
 class TMPStage(Stage):
@@ -88,11 +114,12 @@ class TMPStage(Stage):
 
         return {"model": to_dict(self.model_cfg), "tmp": to_dict(self.cfg), "ingest": to_dict(self.ingest)}
 
-    def build_model(self):
-        from afov_ray.models.res16unet import build_model
+    def model_spec(self) -> ModelSpec:
+        return _spec(self.model_cfg, self.ingest, out_channels=768, task="features", normalize=True,
+                     dictionary=self.cfg.dictionary, teacher_run=self.cfg.teacher_run)
 
-        return build_model(self.model_cfg.name, self.model_cfg.in_channels, 768, self.model_cfg.engine,
-                           self.model_cfg.bn_momentum, normalize_features=True)
+    def build_model(self):
+        return _build(self.model_spec(), self.model_cfg.engine)
 
     def init_state(self):
         return _init_state(self.model_cfg)
@@ -135,8 +162,10 @@ class TMPStage(Stage):
 
 @dataclass
 class SegConfig:
-    num_classes: int = field(default=17, metadata={"help": "17 (nuScenes) | 20 (SemanticKITTI), class 0 ignored"})
-    suppress_class0_in_val: bool = True    # official trainer validation; the final evaluate does not
+    num_classes: int = option(17, "output classes incl. ignore 0: 17 (nuScenes) | 20 (SemanticKITTI)", min=2)
+    suppress_class0_in_val: bool = option(True, "never predict class 0 in validation (official trainer "
+                                                "validation; the official final evaluate does not)")
+    dictionary: str = option("nuscenes", "class names of the outputs (nuscenes | kitti | YAML)")
 
 
 class SegStage(Stage):
@@ -156,11 +185,18 @@ class SegStage(Stage):
 
         return {"model": to_dict(self.model_cfg), "seg": to_dict(self.cfg), "ingest": to_dict(self.ingest)}
 
-    def build_model(self):
-        from afov_ray.models.res16unet import build_model
+    def model_spec(self) -> ModelSpec:
+        from afov_ray.teachers.dictionary import ClassDictionary
 
-        return build_model(self.model_cfg.name, self.model_cfg.in_channels, self.cfg.num_classes,
-                           self.model_cfg.engine, self.model_cfg.bn_momentum)
+        names = list(ClassDictionary.load(self.cfg.dictionary).eval_class_names)
+        if len(names) != self.cfg.num_classes:
+            names = [str(i) for i in range(self.cfg.num_classes)]
+        return _spec(self.model_cfg, self.ingest, out_channels=self.cfg.num_classes, task="segmentation",
+                     normalize=False, dictionary=self.cfg.dictionary, teacher_run=self.teacher_run or "",
+                     class_names=tuple(names))
+
+    def build_model(self):
+        return _build(self.model_spec(), self.model_cfg.engine)
 
     def init_state(self):
         return _init_state(self.model_cfg)
@@ -177,7 +213,8 @@ class SegStage(Stage):
         return ce_lovasz_loss(logits, target, ignore_index=0), {"labelled_voxels": float((target > 0).sum())}
 
     def validate(self, model, shard, device) -> dict:
-        return validate_segmentation(model, shard, device, self.cfg.num_classes, self.cfg.suppress_class0_in_val)
+        return validate_segmentation(model, shard, device, self.cfg.num_classes, self.cfg.suppress_class0_in_val,
+                                     self.model_spec().class_names)
 
 
 def predict_points(model, batch, device, suppress_class0: bool) -> torch.Tensor:
@@ -189,10 +226,9 @@ def predict_points(model, batch, device, suppress_class0: bool) -> torch.Tensor:
     return logits.argmax(1).cpu()[batch["inverse"]]
 
 
-def validate_segmentation(model, shard, device, num_classes: int, suppress_class0: bool) -> dict:
+def validate_segmentation(model, shard, device, num_classes: int, suppress_class0: bool,
+                          class_names: tuple[str, ...] | list[str] = ()) -> dict:
     """Point-level confusion matrix over the worker's val shard, all-reduced, -> mIoU and per-class IoU."""
-    from afov_ray.eval.metrics import confusion_matrix, iou_per_class
-
     H = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for b in shard.iter_batches(batch_size=1, batch_format="numpy"):
         batch = collate(b)
@@ -203,5 +239,6 @@ def validate_segmentation(model, shard, device, num_classes: int, suppress_class
     H = allreduce_(H.to(device)).cpu()
     iou = np.asarray(iou_per_class(H.numpy()), dtype=np.float64)
     out = {"mIoU": float(np.nanmean(iou[1:])), "points": int(H[1:].sum())}
-    out.update({f"IoU_{c}": float(iou[c]) for c in range(1, num_classes)})
+    names = list(class_names) if len(class_names) == num_classes else [str(c) for c in range(num_classes)]
+    out.update({f"iou/{names[c]}": float(iou[c]) for c in range(1, num_classes)})
     return out

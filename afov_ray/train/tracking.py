@@ -13,27 +13,33 @@ resolves ``models:/name@alias``, ``models:/name/version``, ``runs:/...``, checkp
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from afov_ray.config import flatten, option
+from afov_ray.models.checkpoint import extract_state_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from afov_ray.models.spec import ModelSpec
 
 
 @dataclass
 class TrackingConfig:
-    tracking_uri: str | None = field(default=None, metadata={
-        "help": "MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db"})
-    experiment: str = field(default="afov_ray", metadata={"help": "MLflow experiment name"})
-    run_name: str | None = field(default=None, metadata={"help": "MLflow run name"})
-    register_as: str | None = field(default=None, metadata={
-        "help": "registered model name (e.g. afov-tmp); None: do not register"})
-    alias: str | None = field(default="current", metadata={
-        "help": "alias moved to each newly registered version ('latest' is reserved by MLflow)"})
-    enabled: bool = field(default=True, metadata={"help": "track at all (rank 0 only)"})
-    tags: dict[str, str] = field(default_factory=dict, metadata={"help": "extra tags set on the MLflow run"})
+    tracking_uri: str | None = option(None, "MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else "
+                                            "sqlite:///outputs/mlflow.db")
+    experiment: str = option("afov_ray", "MLflow experiment name")
+    run_name: str | None = option(None, "MLflow run name")
+    register_as: str | None = option(None, "registered model name (e.g. afov-tmp); None: do not register")
+    alias: str | None = option("current", "alias moved to each newly registered version ('latest' is reserved "
+                                          "by MLflow)")
+    enabled: bool = option(True, "track at all (rank 0 only)")
+    tags: dict[str, str] = option({}, "extra tags set on the MLflow run")
 
 
 def default_tracking_uri(root: str | Path = "outputs") -> str:
@@ -65,17 +71,6 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 class Tracker:
@@ -148,15 +143,15 @@ class Tracker:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def register_model(self, model: torch.nn.Module, name: str | None = None, alias: str | None = None,
-                       tags: dict | None = None) -> int | None:
-        """Log ``model`` under this run and register it; returns the new version number."""
+                       tags: dict | None = None, spec: "ModelSpec | None" = None) -> int | None:
+        """Log ``model`` (with its contract ``spec``) under this run and register it; returns the version."""
         if not self.active:
             return None
         name = name or self.cfg.register_as
         if not name:
             return None
         return register_model(self.tracking_uri, self.run_id, model, name,
-                              alias if alias is not None else self.cfg.alias, tags)
+                              alias if alias is not None else self.cfg.alias, tags, spec=spec)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.active and self.run_id:
@@ -171,7 +166,7 @@ class Tracker:
 
 
 def register_model(tracking_uri: str, run_id: str, model: torch.nn.Module, name: str,
-                   alias: str | None = None, tags: dict | None = None) -> int:
+                   alias: str | None = None, tags: dict | None = None, spec: "ModelSpec | None" = None) -> int:
     """``mlflow.pytorch.log_model`` (pickle format: torch.export cannot trace sparse engines) + alias."""
     import mlflow
     import mlflow.pytorch
@@ -186,6 +181,9 @@ def register_model(tracking_uri: str, run_id: str, model: torch.nn.Module, name:
         )
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     version = int(info.registered_model_version)
+    if spec is not None:
+        tags = {**(tags or {}), SPEC_TAG: spec.to_json()}
+        client.set_tag(run_id, SPEC_TAG, spec.to_json())
     for k, v in (tags or {}).items():
         client.set_model_version_tag(name, str(version), k, str(v))
     if alias:
@@ -193,8 +191,15 @@ def register_model(tracking_uri: str, run_id: str, model: torch.nn.Module, name:
     return version
 
 
-def load_model_state(uri: str, tracking_uri: str | None = None) -> dict[str, torch.Tensor]:
-    """A plain model state dict from a registry URI, run URI, checkpoint directory/file or s3:// URI."""
+SPEC_TAG = "afov.model_spec"
+
+
+def load_model(uri: str, tracking_uri: str | None = None) -> tuple[dict[str, torch.Tensor], "ModelSpec | None"]:
+    """(state dict, ModelSpec or None) from a registry URI, run URI, checkpoint directory/file or s3:// URI.
+    The spec is the model's contract (``afov_ray.models.spec``); official checkpoints have none."""
+    from afov_ray.errors import DataError
+    from afov_ray.models.spec import ModelSpec
+
     if uri.startswith(("models:/", "runs:/")):
         import mlflow
         import mlflow.pytorch
@@ -202,8 +207,13 @@ def load_model_state(uri: str, tracking_uri: str | None = None) -> dict[str, tor
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
             mlflow.set_registry_uri(tracking_uri)
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        try:
+            model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - MlflowException / missing artifacts: one line naming the URI
+            raise DataError(uri, f"cannot load the model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        spec_json = _registry_spec(uri, tracking_uri)
+        return state, (ModelSpec.from_dict(json.loads(spec_json)) if spec_json else None)
     if uri.startswith("s3://"):
         from afov_ray.storage import uri as suri
 
@@ -212,24 +222,62 @@ def load_model_state(uri: str, tracking_uri: str | None = None) -> dict[str, tor
             info = fs.get_file_info(path)
             import pyarrow.fs as pafs
 
+            if info.type == pafs.FileType.NotFound:
+                raise DataError(uri, "model not found")
             if info.type == pafs.FileType.Directory:
                 path = path.rstrip("/") + "/state.pt"
             local = Path(td) / "state.pt"
             with fs.open_input_stream(path) as src:
                 local.write_bytes(src.read())
-            return _state_from_file(local)
+            return _state_and_spec(local)
     p = Path(uri)
     if p.is_dir():
         p = p / "state.pt"
     if not p.exists():
-        raise FileNotFoundError(f"model not found: {uri}")
-    return _state_from_file(p)
+        raise DataError(uri, "model not found (no such checkpoint folder or file)")
+    return _state_and_spec(p)
 
 
-def _state_from_file(path: Path) -> dict[str, torch.Tensor]:
-    from afov_ray.models.checkpoint import extract_state_dict
+def load_model_state(uri: str, tracking_uri: str | None = None) -> dict[str, torch.Tensor]:
+    """A plain model state dict (see ``load_model``)."""
+    return load_model(uri, tracking_uri)[0]
 
-    return dict(extract_state_dict(torch.load(path, map_location="cpu", weights_only=True)))
+
+def _registry_spec(uri: str, tracking_uri: str | None) -> str | None:
+    """The ``afov.model_spec`` tag of a registered model version (models:/name@alias, models:/name/N)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    rest = uri[len("models:/"):] if uri.startswith("models:/") else None
+    try:
+        if rest is None:
+            run_id = uri[len("runs:/"):].split("/")[0]
+            return client.get_run(run_id).data.tags.get(SPEC_TAG)
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, version = rest.rsplit("/", 1)
+            mv = client.get_model_version(name, version)
+        return (mv.tags or {}).get(SPEC_TAG) or client.get_run(mv.run_id).data.tags.get(SPEC_TAG)
+    except Exception:  # noqa: BLE001 - no spec: the caller falls back to its own settings
+        return None
+
+
+def _state_and_spec(path: Path):
+    from afov_ray.errors import DataError
+    from afov_ray.models.spec import ModelSpec
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - not a weights-only checkpoint: never unpickle code
+        raise DataError(str(path), f"not a weights-only checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    spec = obj.get("model_spec") if isinstance(obj, dict) else None
+    if spec is None and isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+        spec = obj["config"].get("model_spec")
+    return dict(extract_state_dict(obj)), (ModelSpec.from_dict(spec) if spec else None)
+
+
 
 
 

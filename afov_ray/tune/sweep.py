@@ -1,6 +1,6 @@
 """Ray Tune sweeps over training jobs: teacher run x loss weights x temperature x learning rates.
 
-The Ray Train V2 + Tune pattern (anchors.md section 3 (d); ``ray/train/doc_code/train_tune_interop``):
+The Ray Train V2 + Tune pattern (Ray's ``ray/train/doc_code/train_tune_interop`` example):
 
 - the Tune trainable is a small *driver function* per trial (``sweep_trial``) that resolves the trial's
   ``TrainJob`` (``trial_job``) and fits its own ``TorchTrainer`` through
@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
-from afov_ray.config import ConfigError, deep_merge, from_dict, to_dict
+from afov_ray.config import ConfigError, deep_merge, flatten, from_dict, to_dict
+from afov_ray.runtime import init_ray
 from afov_ray.train.jobs import TrainJob
 
 KIND_DEFAULTS = {"distill": ("val/mIoU", "max"), "tmp": ("train/loss_epoch", "min")}
@@ -57,7 +58,8 @@ class ASHASettings:
 
 @dataclass
 class SweepSettings:
-    kind: str = field(default="distill", metadata={"help": "distill (val/mIoU, max) | tmp (train/loss_epoch, min)"})
+    kind: Literal["distill", "tmp"] = field(default="distill", metadata={
+        "help": "distill (val/mIoU, max) | tmp (train/loss_epoch, min)"})
     name: str = field(default="sweep", metadata={
         "help": "experiment name; re-running with the same name + storage_path resumes the sweep"})
     storage_path: str = field(default="outputs/tune", metadata={"help": "Tune experiment storage (folder or s3://)"})
@@ -65,17 +67,17 @@ class SweepSettings:
         "help": "teacher axis: [{name, run, pairing}, ...]; empty: the job's data.pairing / tmp.teacher_run"})
     space: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "dotted job keys -> value lists, e.g. {tmp: {tau: [0.05, 0.07]}, loop: {optim: {lr: [0.1]}}}"})
-    search: str = field(default="grid", metadata={
+    search: Literal["grid", "random"] = field(default="grid", metadata={
         "help": "grid (every combination, x num_samples) | random (num_samples draws, tune.choice per key)"})
-    num_samples: int = field(default=1, metadata={"help": "Tune num_samples"})
+    num_samples: int = field(default=1, metadata={"help": "Tune num_samples", "min": 1})
     metric: str | None = field(default=None, metadata={"help": "metric to optimise; None: the kind's default"})
-    mode: str | None = field(default=None, metadata={"help": "max | min; None: the kind's default"})
+    mode: Literal["max", "min"] | None = field(default=None, metadata={"help": "max | min; None: the kind's default"})
     max_concurrent_trials: int = field(default=1, metadata={
-        "help": "trials at once (each needs scale.num_workers x cpus_per_worker plus data-task CPUs)"})
+        "help": "trials at once (each needs scale.num_workers x cpus_per_worker plus data-task CPUs)", "min": 1})
     trial_driver_cpus: float = field(default=0.01, metadata={
         "help": "CPU reserved by each trial's driver function (not its Train workers)"})
     max_failures: int = field(default=0, metadata={"help": "Tune-level retries of a failed trial"})
-    asha: ASHASettings = field(default_factory=ASHASettings)
+    asha: ASHASettings = field(default_factory=ASHASettings, metadata={"help": "ASHA early stopping"})
     init: str | None = field(default=None, metadata={
         "help": "initial weights of every trial, e.g. models:/afov-tmp@current; None: keep model.init"})
     register_as: str | None = field(default=None, metadata={
@@ -85,13 +87,17 @@ class SweepSettings:
         "help": "also log trial-level results with Tune's MLflowLoggerCallback"})
     address: str | None = field(default=None, metadata={
         "help": "Ray address; None: scale.address, $RAY_ADDRESS, else a local Ray"})
+    free_leaked_placement_groups: bool = field(default=True, metadata={
+        "help": "work around Ray 2.60 keeping a finished trial's Train placement group reserved (the next trial's "
+                "data tasks then wait forever on a small cluster): after each trial, remove the groups it created "
+                "that are still reserved. Only with max_concurrent_trials = 1, where no other trial owns one"})
 
 
 @dataclass
 class SweepJob(TrainJob):
     """The base training job (same keys as jobs/tmp.py and jobs/distill.py) plus ``sweep``."""
 
-    sweep: SweepSettings = field(default_factory=SweepSettings)
+    sweep: SweepSettings = field(default_factory=SweepSettings, metadata={"help": "the sweep"})
 
 
 def metric_and_mode(s: SweepSettings) -> tuple[str, str]:
@@ -102,16 +108,6 @@ def metric_and_mode(s: SweepSettings) -> tuple[str, str]:
     if mode not in ("max", "min"):
         raise ConfigError(f"config key 'sweep.mode': {mode!r} is not one of ['max', 'min']")
     return s.metric or metric, mode
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _nest(flat: dict[str, Any]) -> dict:
@@ -127,7 +123,7 @@ def _nest(flat: dict[str, Any]) -> dict:
 
 def space_keys(s: SweepSettings) -> dict[str, list]:
     """The flat search space (dotted key -> values), validated against ``TrainJob``."""
-    flat = _flatten(s.space)
+    flat = flatten(s.space)
     base = to_dict(TrainJob())
     for key, values in flat.items():
         cur: Any = base
@@ -303,7 +299,7 @@ def register_best(cfg: SweepJob, results, tracking_uri: str, train_storage: str)
     tags = {"stage": stage.name, **stage.lineage(), **job_lineage(tcfg), "sweep": s.name, "tune.trial_id": trial_id,
             "sweep.metric": metric, "sweep.value": out["value"],
             **({"sweep.teacher": params[TEACHER_KEY]} if TEACHER_KEY in params else {})}
-    version = register_model(tracking_uri, run_id, model, name, s.alias, tags)
+    version = register_model(tracking_uri, run_id, model, name, s.alias, tags, spec=stage.model_spec())
     out["registered"] = {"name": name, "version": version, "alias": s.alias, "run_id": run_id,
                          "uri": f"models:/{name}@{s.alias}"}
     return out
@@ -321,15 +317,6 @@ def _check(cfg: SweepJob, metric: str) -> None:
     for t in cfg.sweep.teachers:
         if not (t.run and t.pairing):
             raise ConfigError(f"config key 'sweep.teachers': teacher {t.name!r} needs both run and pairing")
-
-
-def _init_ray(address: str | None) -> None:
-    """``afov_ray.cli.init_ray``: a local Ray starts with the dashboard (the State API Train V2's
-    PlacementGroupCleaner needs; without it a finished trial's placement group is never freed and the
-    next trial's data tasks wait forever for its CPUs on a 2-CPU Ray)."""
-    from afov_ray.cli import init_ray
-
-    init_ray(address)
 
 
 def run_sweep(cfg: SweepJob) -> dict:
@@ -351,14 +338,14 @@ def run_sweep(cfg: SweepJob) -> dict:
         os.makedirs(storage, exist_ok=True)
     experiment_path = _join(storage, s.name)
     train_storage = _join(storage, f"{s.name}-train")
-    _init_ray(s.address or cfg.scale.address)
+    init_ray(s.address or cfg.scale.address)
 
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, kind=s.kind, base=to_dict(_base_job(cfg)),
                              teachers=[to_dict(t) for t in s.teachers], sweep_name=s.name,
                              train_storage=train_storage, tracking_uri=tracking_uri, init=s.init,
                              driver_cpus=s.trial_driver_cpus,
-                             remove_leaked_pgs=s.max_concurrent_trials == 1),
+                             remove_leaked_pgs=s.free_leaked_placement_groups and s.max_concurrent_trials == 1),
         {"CPU": s.trial_driver_cpus})
     restored = bool(tune.Tuner.can_restore(experiment_path))
     if restored:
@@ -396,5 +383,20 @@ def run_sweep(cfg: SweepJob) -> dict:
     return summary
 
 
-__all__ = ["SweepJob", "SweepSettings", "TeacherChoice", "ASHASettings", "run_sweep", "trial_job", "sweep_trial",
+def sweep_job(cfg: SweepJob) -> int:
+    """The body of ``jobs/sweep.py``."""
+    import json
+
+    summary = run_sweep(cfg)
+    print("sweep summary: " + json.dumps(summary, default=str))   # one line, for scripts
+    errors = [t for t in summary["trials"] if t["error"]]
+    if summary["best"] is None:
+        print(f"sweep {cfg.sweep.name}: no trial finished ({len(errors)} errors)")
+        return 1
+    print(f"sweep {cfg.sweep.name}: best trial {summary['best']['trial_id']} "
+          f"{summary['metric']}={summary['best']['value']} -> {summary['best'].get('registered')}")
+    return 0
+
+
+__all__ = ["sweep_job", "SweepJob", "SweepSettings", "TeacherChoice", "ASHASettings", "run_sweep", "trial_job", "sweep_trial",
            "param_space", "register_best", "metric_and_mode"]

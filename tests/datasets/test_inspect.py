@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from afov_ray.datasets.inspect import _load_image, dataset_stats, format_stats, inspect_sweeps, project_points
-from afov_ray.datasets.prepare import prepare
+from afov_ray.pipeline.prepare import prepare
 from tests.storage.random_reader import RandomReader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

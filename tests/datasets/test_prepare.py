@@ -11,9 +11,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from afov_ray.datasets.prepare import ERRORS_NAME, ReaderSpec, make_reader, prepare
+from afov_ray.pipeline.prepare import ERRORS_NAME, ReaderSpec, make_reader, prepare
 from afov_ray.storage.manifest import read_manifest, verify_manifest
-from afov_ray.storage.sweeps import table_to_keyframes
+from afov_ray.datasets.sweeps import table_to_keyframes
 from tests.storage.random_reader import RandomReader, assert_same_keyframe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -99,7 +99,7 @@ def test_killed_job_leaves_no_half_shard_and_resumes(tmp_path):
     out = str(tmp_path)
     script = textwrap.dedent(f"""
         from tests.storage.random_reader import RandomReader
-        from afov_ray.datasets.prepare import prepare
+        from afov_ray.pipeline.prepare import prepare
         prepare(RandomReader(num_scenes=4, exit_at=("scene-0002", 2), bad=("scene-0000/kf001",)),
                 {out!r}, use_ray=False, progress=False, rows_per_group=1)
     """)

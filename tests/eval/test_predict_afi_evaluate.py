@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from afov_ray.errors import DataError
-from afov_ray.eval.predict import (PredictConfig, build_segmentation_model, predict_scans, predict_scene,
+from afov_ray.pipeline.predict import (PredictConfig, build_segmentation_model, predict_scans, predict_scene,
                                    prediction_schema, read_prediction_shard, run_predict)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,12 +41,12 @@ def one_thread():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Generated dataroot -> sweep shards -> teacher shards -> pairing shards (no Ray)."""
-    from afov_ray.datasets.prepare import prepare_dataset
+    from afov_ray.pipeline.prepare import prepare_dataset
     from afov_ray.datasets.synth.config import SynthConfig
     from afov_ray.datasets.synth.nuscenes_writer import generate_nuscenes
-    from afov_ray.geometry.pair_pass import PairPassConfig, pair_scene
+    from afov_ray.pipeline.pair import PairPassConfig, pair_scene
     from afov_ray.storage.atomic import atomic_write_parquet
-    from afov_ray.teachers.teacher_pass import SimulatedTeacherActor, TeacherPassConfig, camera_items
+    from afov_ray.pipeline.teacher import SimulatedTeacherActor, TeacherPassConfig, camera_items
 
     base = tmp_path_factory.mktemp("evaldata")
     cfg = SynthConfig(num_scenes=2, keyframes_per_scene=2, num_val_scenes=1, image_width=160, image_height=90,
@@ -167,7 +167,7 @@ def test_predict_pool_pairing_join_skip_and_submission(data, models, ray_session
     from nuscenes.utils.data_io import load_bin_file
     from nuscenes.utils.splits import create_splits_scenes
 
-    from afov_ray.eval.submission import SubmissionConfig, write_submission
+    from afov_ray.pipeline.export import SubmissionConfig, write_submission
 
     out = str(tmp_path / "pred")
     cfg = _cfg(models["plain"], sweeps=data["sweeps"], max_actors=2)
@@ -286,7 +286,7 @@ def _brute_miou(rows, col, mask=None):
 
 
 def test_afi_pool_improves_noisy_labels_and_isolates_bad_scans(noisy, ray_session, tmp_path):
-    from afov_ray.eval.afi_pass import AFIPassConfig, run_afi_pass
+    from afov_ray.pipeline.refine import AFIPassConfig, run_afi_pass
 
     out = str(tmp_path / "afi")
     s = run_afi_pass(noisy, out, AFIPassConfig(max_actors=2), progress=False)
@@ -311,7 +311,7 @@ def test_afi_pool_improves_noisy_labels_and_isolates_bad_scans(noisy, ray_sessio
 
     # seeded 2D assist: same result twice, and it differs from no assist
     from afov_ray.afi.config import AFIConfig
-    from afov_ray.eval.afi_pass import refine_scan
+    from afov_ray.pipeline.refine import refine_scan
 
     r = rows[0]
     xyz = r["xyz"].reshape(-1, 3)
@@ -321,7 +321,7 @@ def test_afi_pool_improves_noisy_labels_and_isolates_bad_scans(noisy, ray_sessio
     assert st["n_assist_replaced"] > 0
 
     # evaluation of raw / AFI / pseudo, all / visible / unseen, with plots and MLflow
-    from afov_ray.eval.evaluate import EvaluateConfig, run_evaluate
+    from afov_ray.pipeline.evaluate import EvaluateConfig, run_evaluate
     from afov_ray.train.tracking import TrackingConfig
 
     ev = tmp_path / "eval"
@@ -352,7 +352,7 @@ def test_afi_pool_improves_noisy_labels_and_isolates_bad_scans(noisy, ray_sessio
 
 
 def test_evaluate_records_bad_scans_and_draws_camera_plot(noisy, data, tmp_path):
-    from afov_ray.eval.evaluate import EvaluateConfig, run_evaluate
+    from afov_ray.pipeline.evaluate import EvaluateConfig, run_evaluate
 
     cfg = EvaluateConfig(sources=["pred"], sweeps=data["sweeps"], dataroot=data["root"], bev_scans=1)
     doc = run_evaluate(noisy, str(tmp_path / "ev"), cfg)

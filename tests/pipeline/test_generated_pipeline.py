@@ -13,12 +13,12 @@ pytestmark = [pytest.mark.ray]
 def pipeline(tmp_path_factory):
     import ray
 
-    from afov_ray.datasets.prepare import prepare_dataset
+    from afov_ray.pipeline.prepare import prepare_dataset
     from afov_ray.datasets.synth.config import SynthConfig
     from afov_ray.datasets.synth.nuscenes_writer import generate_nuscenes
-    from afov_ray.geometry.pair_pass import PairPassConfig, run_pair_pass
+    from afov_ray.pipeline.pair import PairPassConfig, run_pair_pass
     from afov_ray.geometry.pairing import PairingConfig
-    from afov_ray.teachers.teacher_pass import TeacherPassConfig, run_teacher_pass
+    from afov_ray.pipeline.teacher import TeacherPassConfig, run_teacher_pass
 
     tmp = tmp_path_factory.mktemp("pipe")
     root = tmp / "ns"

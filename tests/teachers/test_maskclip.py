@@ -279,10 +279,10 @@ def test_teacher_pass_maskclip_with_ray(tmp_path, bpe_path, monkeypatch):
 
     from afov_ray.datasets.types import CameraFrame, Keyframe
     from afov_ray.storage.atomic import atomic_write_parquet
-    from afov_ray.storage.sweeps import keyframes_to_table
+    from afov_ray.datasets.sweeps import keyframes_to_table
     from afov_ray.teachers.dictionary import ClassDictionary
     from afov_ray.teachers.schema import from_table, read_run
-    from afov_ray.teachers.teacher_pass import TeacherPassConfig, camera_items, run_teacher_pass
+    from afov_ray.pipeline.teacher import TeacherPassConfig, camera_items, run_teacher_pass
 
     dataroot = tmp_path / "data"
     rng = np.random.default_rng(1)

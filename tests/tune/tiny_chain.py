@@ -21,13 +21,13 @@ def build_tiny_chain(root: Path) -> dict:
     if done.exists():
         return json.loads(done.read_text())
     from afov_ray.datasets.nuscenes import NuScenesReader
-    from afov_ray.datasets.prepare import prepare_dataset
+    from afov_ray.pipeline.prepare import prepare_dataset
     from afov_ray.datasets.splits import standard_nuscenes_splits, write_split_file
     from afov_ray.datasets.synth.config import SynthConfig
     from afov_ray.datasets.synth.nuscenes_writer import generate_nuscenes
-    from afov_ray.geometry.pair_pass import PairPassConfig, run_pair_pass
+    from afov_ray.pipeline.pair import PairPassConfig, run_pair_pass
     from afov_ray.teachers.simulated import SimTeacherConfig
-    from afov_ray.teachers.teacher_pass import TeacherPassConfig, run_teacher_pass
+    from afov_ray.pipeline.teacher import TeacherPassConfig, run_teacher_pass
 
     root.mkdir(parents=True, exist_ok=True)
     synth = SynthConfig(**SYNTH)

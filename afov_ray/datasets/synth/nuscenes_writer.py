@@ -92,6 +92,12 @@ def load_scene(dataroot: str | Path, scene_name: str) -> Scene:
     return Scene.load(Path(dataroot) / "synth" / f"{scene_name}.json")
 
 
+def has_scene_record(dataroot: str | Path) -> bool:
+    """True when ``dataroot`` was made by the generator (it holds the scene descriptions)."""
+    d = Path(str(dataroot)) / "synth"
+    return d.is_dir() and any(d.glob("*.json"))
+
+
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1))
 

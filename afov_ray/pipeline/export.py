@@ -1,4 +1,6 @@
-"""nuScenes lidarseg submission files from prediction shards.
+"""export: prediction shards -> benchmark submission files (the last step of the pipeline).
+
+nuScenes lidarseg submission files from prediction shards.
 
 Layout, as nuscenes-devkit ``eval/lidarseg/validate_submission.py`` checks it::
 
@@ -17,38 +19,41 @@ AFOV is trained with camera-derived pseudo-labels, so ``use_camera`` defaults to
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+from afov_ray.config import option
 from afov_ray.errors import DataError
+from afov_ray.pipeline.predictions import read_prediction_shard
+from afov_ray.storage import shards as S
+from afov_ray.storage import uri as suri
+from afov_ray.storage.atomic import atomic_write_bytes, atomic_write_json
 
 META_KEYS = ("use_camera", "use_lidar", "use_radar", "use_map", "use_external")
 
 
 @dataclass
 class SubmissionConfig:
-    split: str = "val"
-    column: str = field(default="pred", metadata={"help": "pred | pred_afi"})
-    fill_zero_from: str | None = field(default=None, metadata={"help": "column filling 0 labels (e.g. pred)"})
-    num_classes: int = 17
-    use_camera: bool = True
-    use_lidar: bool = True
-    use_radar: bool = False
-    use_map: bool = False
-    use_external: bool = False
+    split: str = option("val", "split name of the submission (folder name and scene set)")
+    column: Literal["pred", "pred_afi"] = option("pred", "prediction column written")
+    fill_zero_from: Literal["pred", "pred_afi"] | None = option(None, "column filling 0 labels (e.g. pred, "
+                                                                      "for AFI output)")
+    num_classes: int = option(17, "classes including ignore 0", min=2)
+    use_camera: bool = option(True, "submission meta: cameras used (AFOV learns from camera teachers)")
+    use_lidar: bool = option(True, "submission meta: LiDAR used")
+    use_radar: bool = option(False, "submission meta: radar used")
+    use_map: bool = option(False, "submission meta: maps used")
+    use_external: bool = option(False, "submission meta: external data used (the 2D teachers' training data)")
 
 
 def write_submission(pred_uri: str, out_dir: str, cfg: SubmissionConfig, scenes: list[str] | None = None) -> dict:
     """Write one ``.bin`` per scan of the prediction shards and ``submission.json``; returns
     {"files": n, "points": total, "bin_dir": ..., "json": ...}. The out folder may be local or s3://."""
-    from afov_ray.eval.predict import read_prediction_shard, shards
-    from afov_ray.storage import uri as suri
-    from afov_ray.storage.atomic import atomic_write_bytes, atomic_write_json
-
     bin_dir = suri.join(out_dir, "lidarseg", cfg.split)
     files = points = 0
-    for scene, shard in sorted(shards(pred_uri).items()):
+    for scene, shard in S.open_folder(pred_uri, what="prediction folder").items():
         if scenes is not None and scene not in scenes:
             continue
         for r in read_prediction_shard(shard):
@@ -67,7 +72,8 @@ def write_submission(pred_uri: str, out_dir: str, cfg: SubmissionConfig, scenes:
                 raise DataError(name, f"{cfg.column} must be in 1..{cfg.num_classes - 1} for a lidarseg "
                                       f"submission (got {int(lab.min())}..{int(lab.max())}); predict with "
                                       "suppress_class0=True")
-            atomic_write_bytes(suri.join(bin_dir, f"{r['lidar_token']}_lidarseg.bin"), lab.tobytes())
+            token = suri.check_component(str(r["lidar_token"]), "lidar token")
+            atomic_write_bytes(suri.join(bin_dir, f"{token}_lidarseg.bin"), lab.tobytes())
             files += 1
             points += lab.size
     if not suri.is_s3(bin_dir):  # the atomic writer's (now empty) temp folder is not part of a submission
@@ -84,3 +90,15 @@ def write_submission(pred_uri: str, out_dir: str, cfg: SubmissionConfig, scenes:
         except OSError:
             pass
     return {"files": files, "points": points, "bin_dir": bin_dir, "json": json_uri}
+
+
+def submission_scenes(split: str, version: str) -> list[str] | None:
+    """The scenes of a submission split: the official nuScenes split of that name (mini_* for a *-mini
+    version), else None (every predicted scene)."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    from afov_ray.datasets.splits import resolve_nuscenes_split
+
+    table = create_splits_scenes(verbose=False)
+    name = resolve_nuscenes_split(split, version)
+    return list(table[name]) if name in table else None

@@ -1,4 +1,5 @@
-"""Dataset-level evaluation of prediction shards (afov-reference.md 6.4, via ``afov_ray.eval.metrics``).
+"""evaluate: prediction shards -> mIoU per source (raw / AFI / pseudo) on all, camera-visible and unseen
+points (official scoring rules, ``afov_ray.eval.metrics``; paper section 4, official ``utils/metrics.py``).
 
 For every prediction source present in the shards (``pred`` = raw network, ``pred_afi`` = AFI,
 ``pseudo`` = 2D pseudo-labels) one int64 confusion matrix H[gt, pred] is accumulated over all
@@ -11,7 +12,7 @@ points of all scans, and split into:
   recorded in the output as ``visible_mask``;
 - ``unseen``: the complement.
 
-Scoring rules (official, section 6.4; stated in the output under ``rules``): the GT-0 row is zeroed,
+Scoring rules (official; stated in the output under ``rules``): the GT-0 row is zeroed,
 the prediction-0 column is not (a 0 prediction on a labelled point is a miss; the ``pseudo`` source
 therefore scores its unlabelled points as misses on ``all`` / ``unseen``); IoU_c = TP / (TP + FP + FN);
 a class with an empty union gets IoU 1.0 (``empty_union="one"``; "nan" = devkit convention, skipped
@@ -20,22 +21,30 @@ in the mean); mIoU = mean over classes 1..C-1; fwIoU is the official micro IoU.
 A scan whose labels do not fit (length mismatch, labels outside [0, C)) is skipped for every source
 (so all sources are scored on the same points) and recorded in ``errors``.
 
-Per-scene matrices are computed in Ray tasks when Ray is initialised (else in-process), summed on
-the driver; results go to ``metrics.json`` + ``metrics.md`` (+ PNG plots) under ``out`` and, when
-tracking is enabled, to an MLflow run (metrics, the JSON / markdown and the plots as artifacts).
+Per-scene matrices are computed as Ray tasks on the shard-pass layer (records only, no shards), summed
+on the driver; results go to ``metrics.json`` + ``metrics.md`` (+ PNG plots) under ``out`` and, when
+tracking is enabled, to an MLflow run (metrics named by class, the JSON / markdown and the plots as
+artifacts). Scans without ground truth are skipped and named; the others are scored.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from afov_ray.config import option, to_dict
 from afov_ray.errors import DataError
+from afov_ray.runtime import RayKeys
+from afov_ray.pipeline.shard_pass import DONE_DIR, ExecConfig, ItemResult, PassItem, ShardPass, load_records, run_pass
+from afov_ray.storage import shards as S
+from afov_ray.storage import uri as U
+from afov_ray.storage.atomic import atomic_write_bytes, atomic_write_json
+from afov_ray.teachers.dictionary import ClassDictionary
 from afov_ray.train.tracking import TrackingConfig
 
 SUBSETS = ("all", "visible", "unseen")
@@ -43,24 +52,27 @@ SUBSETS = ("all", "visible", "unseen")
 
 @dataclass
 class EvaluateConfig:
-    sources: list[str] = field(default_factory=lambda: ["pred", "pred_afi", "pseudo"],
-                               metadata={"help": "prediction columns to score (missing ones are skipped)"})
-    num_classes: int = 17
-    dictionary: str = "nuscenes"
-    empty_union: str = field(default="one", metadata={"help": "one (official) | nan (devkit) | zero"})
-    visible: str = field(default="auto", metadata={"help": "auto | column | pseudo | none"})
-    scenes: list[str] | None = None
-    plots: bool = True
-    bev_scans: int = 2
-    sweeps: str = field(default="", metadata={"help": "sweep shards (camera calibration) for the camera plot"})
-    dataroot: str = field(default="", metadata={"help": "dataset root holding the camera images"})
-    camera: str = "CAM_FRONT"
-    task_cpus: float = 0.5
-    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(enabled=False))
+    sources: list[str] = option(["pred", "pred_afi", "pseudo"], "prediction columns to score (missing ones "
+                                                                   "are skipped)",
+                                choices=("pred", "pred_afi", "pseudo"))
+    num_classes: int = option(17, "classes including ignore 0 (17 nuScenes, 20 SemanticKITTI)", min=2)
+    dictionary: str = option("nuscenes", "class names from this dictionary (nuscenes | kitti | YAML)")
+    empty_union: Literal["one", "nan", "zero"] = option("one", "IoU of a class with an empty union: one "
+                                                              "(official) | nan (devkit) | zero")
+    visible: Literal["auto", "column", "pseudo", "none"] = option(
+        "auto", "camera-visible mask: the visible column, else pseudo > 0 (auto)")
+    scenes: list[str] | None = option(None, "restrict to these scenes")
+    plots: bool = option(True, "write PNG plots (confusion, per-class IoU, BEV, camera overlay)")
+    bev_scans: int = option(2, "scans drawn as bird's-eye views", min=0)
+    sweeps: str = option("", "sweep shards (camera calibration) for the camera plot")
+    dataroot: str = option("", "dataset root holding the camera images for the camera plot")
+    camera: str = option("CAM_FRONT", "camera of the overlay plot")
+    tracking: TrackingConfig = option(TrackingConfig(enabled=False), "MLflow logging of the metrics")
+    exec: ExecConfig = option(ExecConfig(cpus_per_item=0.5), "how items run (Ray tasks)")
 
 
 RULES = {
-    "confusion": "one dataset-level H[gt, pred] over all points of all scans (afov-reference.md 6.4)",
+    "confusion": "one dataset-level H[gt, pred] over all points of all scans (official utils/metrics.py)",
     "ignore": "GT class 0 row zeroed; prediction-0 column kept (a 0 prediction on a labelled point is a miss)",
     "iou": "IoU_c = H_cc / (sum_j H_cj + sum_i H_ic - H_cc)",
     "miou": "mean over classes 1..C-1",
@@ -78,18 +90,18 @@ def _visible_mask(row: dict, mode: str) -> tuple[np.ndarray | None, str]:
     return None, "none"
 
 
-def scene_confusions(shard_uri: str, sources: list[str], num_classes: int, visible: str = "auto") -> dict:
+def scene_confusions(shard: S.Shard, sources: list[str], num_classes: int, visible: str = "auto") -> dict:
     """Confusion matrices of one prediction shard: {"matrices": {source: {subset: (C, C) int64 list}},
-    "scans", "points", "visible_mask", "errors"}."""
+    "scans", "points", "visible_mask"} and the scans skipped (``skipped``: no GT, bad lengths)."""
     from afov_ray.eval.metrics import confusion_matrix
-    from afov_ray.eval.predict import read_prediction_shard
+    from afov_ray.pipeline.predictions import read_prediction_shard
 
     C = num_classes
     mats = {s: {k: np.zeros((C, C), np.int64) for k in SUBSETS} for s in sources}
-    errors, masks_used = [], set()
+    skipped, masks_used = [], set()
     scans = points = 0
     present: set[str] = set()
-    for r in read_prediction_shard(shard_uri):
+    for r in read_prediction_shard(shard):
         name = f"{r['scene']}/{r['sample_token']}"
         try:
             if r.get("gt") is None:
@@ -110,7 +122,7 @@ def scene_confusions(shard_uri: str, sources: list[str], num_classes: int, visib
                     per[s]["visible"] = confusion_matrix(gt[vis], p[vis], C, scan=name)
                     per[s]["unseen"] = per[s]["all"] - per[s]["visible"]
         except DataError as exc:
-            errors.append({"item": exc.item, "message": exc.message, "stage": "evaluate"})
+            skipped.append({"item": exc.item, "message": exc.message})
             continue
         masks_used.add(how)
         for s, d in per.items():
@@ -120,40 +132,48 @@ def scene_confusions(shard_uri: str, sources: list[str], num_classes: int, visib
         scans += 1
         points += len(gt)
     return {"matrices": {s: {k: m.tolist() for k, m in mats[s].items()} for s in sources if s in present},
-            "scans": scans, "points": points, "visible_mask": sorted(masks_used), "errors": errors}
+            "scans": scans, "points": points, "visible_mask": sorted(masks_used), "skipped": skipped}
 
 
-def collect(pred_uri: str, cfg: EvaluateConfig) -> dict:
-    """Sum the per-scene matrices of every selected prediction shard (Ray tasks if Ray is up)."""
-    from afov_ray.eval.predict import select_scenes, shards
+class EvaluatePass(ShardPass):
+    name = "evaluate"
+    compute = "tasks"
+    writes_shards = False
+    schema_name = "confusions"
 
-    inputs = shards(pred_uri)
-    if not inputs:
-        raise FileNotFoundError(f"no prediction shards (*.parquet) in {pred_uri}")
-    chosen = select_scenes(list(inputs), cfg.scenes, None, "")
-    args = [(inputs[s], list(cfg.sources), cfg.num_classes, cfg.visible) for s in chosen]
-    try:
-        import ray
+    def __init__(self, cfg: EvaluateConfig, inputs: dict[str, S.Shard], out_uri: str):
+        super().__init__(out_uri, cfg.exec)
+        self.cfg, self.inputs = cfg, inputs
 
-        use_ray = ray.is_initialized()
-    except ImportError:  # pragma: no cover
-        use_ray = False
-    if use_ray:
-        remote = ray.remote(num_cpus=cfg.task_cpus)(scene_confusions)
-        parts = ray.get([remote.remote(*a) for a in args])
-    else:
-        parts = [scene_confusions(*a) for a in args]
-    C = cfg.num_classes
+    def fingerprint(self) -> dict:
+        return {"sources": list(self.cfg.sources), "num_classes": self.cfg.num_classes, "visible": self.cfg.visible}
+
+    def items(self) -> list[PassItem]:
+        keys = list(self.inputs) if self.cfg.scenes is None else [k for k in self.inputs if k in set(self.cfg.scenes)]
+        return [PassItem(k) for k in keys]
+
+    def run_item(self, item: PassItem) -> ItemResult:
+        part = scene_confusions(self.inputs[item.key], list(self.cfg.sources), self.cfg.num_classes, self.cfg.visible)
+        skipped = part.pop("skipped")
+        if part["scans"] == 0:
+            reasons = "; ".join(f"{s['item']}: {s['message']}" for s in skipped[:3])
+            raise DataError(item.key, f"no scan could be scored ({reasons})")
+        return ItemResult(item.key, stats=part, skipped=skipped)
+
+
+def collect(records: list[dict], num_classes: int) -> dict:
+    """Sum the per-scene matrices of the evaluate records."""
+    C = num_classes
     total: dict[str, dict[str, np.ndarray]] = {}
-    for part in parts:
-        for s, d in part["matrices"].items():
+    for rec in records:
+        for s, d in rec["stats"]["matrices"].items():
             t = total.setdefault(s, {k: np.zeros((C, C), np.int64) for k in SUBSETS})
             for k, m in d.items():
                 t[k] += np.asarray(m, np.int64)
-    return {"matrices": total, "scenes": chosen, "scans": sum(p["scans"] for p in parts),
-            "points": sum(p["points"] for p in parts),
-            "visible_mask": sorted({m for p in parts for m in p["visible_mask"]}),
-            "errors": [e for p in parts for e in p["errors"]]}
+    return {"matrices": total, "scenes": [r["key"] for r in records],
+            "scans": sum(r["stats"]["scans"] for r in records), "points": sum(r["stats"]["points"] for r in records),
+            "visible_mask": sorted({m for r in records for m in r["stats"]["visible_mask"]}),
+            "errors": [dict(s, stage="evaluate") for r in records for s in r.get("skipped", [])]}
 
 
 def report(collected: dict, cfg: EvaluateConfig, names: list[str]) -> dict:
@@ -196,10 +216,10 @@ def markdown_table(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_plots(pred_uri: str, doc: dict, collected: dict, cfg: EvaluateConfig, out_dir: str) -> list[str]:
+def make_plots(inputs: dict[str, S.Shard], doc: dict, collected: dict, cfg: EvaluateConfig, out_dir: str) -> list[str]:
     """Confusion heatmaps, per-class IoU bars, BEV maps of a few scans and a camera overlay."""
     from afov_ray.eval import plots
-    from afov_ray.eval.predict import read_prediction_shard, shards
+    from afov_ray.pipeline.predictions import read_prediction_shard
 
     names = doc["class_names"]
     paths = []
@@ -211,7 +231,6 @@ def make_plots(pred_uri: str, doc: dict, collected: dict, cfg: EvaluateConfig, o
                     for i, n in enumerate(names)] for s in doc["sources"] if k in doc["sources"][s]}
         if ious:
             paths.append(plots.plot_iou_bars(ious, names, pdir / f"iou_{k}.png", f"per-class IoU ({k} points)"))
-    inputs = shards(pred_uri)
     first = None
     n_bev = 0
     for scene in collected["scenes"]:
@@ -239,26 +258,29 @@ def make_plots(pred_uri: str, doc: dict, collected: dict, cfg: EvaluateConfig, o
 def camera_plot(row: dict, cfg: EvaluateConfig, path: Path) -> str | None:
     """Project one scan's predictions into ``cfg.camera`` (calibration from the sweep shard, image
     from the dataroot); None when the scan or camera is not found."""
-    import pyarrow.parquet as pq
+    import io
+
     from PIL import Image
 
+    from afov_ray.datasets.sweeps import table_to_keyframes
     from afov_ray.eval import plots
     from afov_ray.geometry.projection import project_points
-    from afov_ray.storage import uri as suri
-    from afov_ray.storage.sweeps import table_to_keyframes
 
-    shard = suri.join(cfg.sweeps, f"{row['scene']}.parquet")
-    if not suri.exists(shard):
+    shard = U.join(cfg.sweeps, f"{U.check_component(row['scene'], 'scene')}.parquet")
+    if not U.exists(shard):
         return None
-    fs, p = suri.resolve(shard)
-    kfs = [k for k in table_to_keyframes(pq.read_table(p, filesystem=fs)) if k.sample_token == row["sample_token"]]
+    table = S.read_table(S.Shard(row["scene"], shard), verify=False)
+    kfs = [k for k in table_to_keyframes(table) if k.sample_token == row["sample_token"]]
     if not kfs:
         return None
     cams = [c for c in kfs[0].cameras if c.channel == cfg.camera] or kfs[0].cameras[:1]
     if not cams:
         return None
     cam = cams[0]
-    image = np.asarray(Image.open(Path(cfg.dataroot) / cam.image_path).convert("RGB"))
+    try:
+        image = np.asarray(Image.open(io.BytesIO(U.read_bytes(U.join(cfg.dataroot, cam.image_path)))).convert("RGB"))
+    except (OSError, FileNotFoundError):
+        return None
     xyz = np.asarray(row["xyz"], np.float32).reshape(-1, 3)
     proj = project_points(xyz, cam.lidar_to_cam, cam.K, cam.width, cam.height)
     lab = np.asarray(row.get("pred_afi") if row.get("pred_afi") is not None else row["pred"])[proj.point_idx]
@@ -268,47 +290,65 @@ def camera_plot(row: dict, cfg: EvaluateConfig, path: Path) -> str | None:
 
 def run_evaluate(pred_uri: str, out_dir: str, cfg: EvaluateConfig) -> dict:
     """Evaluate the prediction shards in ``pred_uri``; write ``metrics.json``, ``metrics.md`` and plots
-    under ``out_dir`` (a local folder); log to MLflow if ``cfg.tracking.enabled``. Returns the document."""
-    from afov_ray.config import to_dict
-    from afov_ray.storage import uri as suri
-    from afov_ray.storage.atomic import atomic_write_bytes, atomic_write_json
-    from afov_ray.teachers.dictionary import ClassDictionary
+    under ``out_dir`` (a local folder); log to MLflow if ``cfg.tracking.enabled``. Returns the document,
+    with ``errors`` naming every scan or scene that could not be scored and ``exit_code``."""
+    from afov_ray.runtime import init_ray
 
     t0 = time.perf_counter()
     names = list(ClassDictionary.load(cfg.dictionary).eval_class_names)
     if len(names) != cfg.num_classes:
         names = [str(i) for i in range(cfg.num_classes)]
-    collected = collect(pred_uri, cfg)
+    inputs = S.open_folder(pred_uri, require_manifest=cfg.exec.require_manifest, what="prediction folder")
+    if cfg.exec.use_ray:
+        init_ray()
+    U.makedirs(out_dir)
+    for name in U.listdir(U.join(out_dir, DONE_DIR)):   # evaluation is cheap: always recomputed
+        U.delete(U.join(out_dir, DONE_DIR, name))
+    p = EvaluatePass(cfg, inputs, out_dir)
+    summary = run_pass(p)
+    records = [r for r in load_records(p).values() if r["key"] in inputs]
+    if not records:
+        raise DataError(pred_uri, "nothing could be scored: " + "; ".join(
+            f"{f['item']}: {f['message']}" for f in summary.failed[:3]))
+    collected = collect(records, cfg.num_classes)
+    collected["errors"] += [dict(f, stage="evaluate") for f in summary.failed]
     doc = report(collected, cfg, names)
     wall = time.perf_counter() - t0
     doc["throughput"] = {"seconds": wall, "points_per_second": collected["points"] / wall if wall > 0 else 0.0,
                          "scans_per_second": collected["scans"] / wall if wall > 0 else 0.0}
     doc["config"] = to_dict(cfg)
-    atomic_write_json(suri.join(out_dir, "metrics.json"), doc)
+    doc["exit_code"] = summary.exit_code
+    atomic_write_json(U.join(out_dir, "metrics.json"), doc)
     md = markdown_table(doc)
-    atomic_write_bytes(suri.join(out_dir, "metrics.md"), md.encode())
-    doc["plots"] = make_plots(pred_uri, doc, collected, cfg, out_dir) if cfg.plots else []
+    atomic_write_bytes(U.join(out_dir, "metrics.md"), md.encode())
+    doc["plots"] = make_plots(inputs, doc, collected, cfg, out_dir) if cfg.plots else []
     if cfg.tracking.enabled:
-        from afov_ray.train.tracking import Tracker
-
-        with Tracker(cfg.tracking, root=out_dir) as tr:
-            tr.start(params={"eval": to_dict(cfg), "predictions": pred_uri})
-            metrics = {}
-            for s, d in doc["sources"].items():
-                for k, rep in d.items():
-                    metrics[f"{s}/{k}/mIoU"] = rep["miou"]
-                    metrics[f"{s}/{k}/fwIoU"] = rep["fwiou"]
-                    metrics[f"{s}/{k}/accuracy"] = rep["accuracy"]
-                    for n, v in rep["iou_per_class"].items():
-                        if v == v:
-                            metrics[f"{s}/{k}/IoU_{n}"] = v
-            tr.log_metrics(metrics)
-            tr.log_artifact(str(Path(out_dir) / "metrics.json"))
-            tr.log_artifact(str(Path(out_dir) / "metrics.md"))
-            for p in doc["plots"]:
-                tr.log_artifact(p, "plots")
-            doc["mlflow_run_id"] = tr.run_id
+        log_to_mlflow(doc, cfg, pred_uri, out_dir)
     return doc
+
+
+def log_to_mlflow(doc: dict, cfg: EvaluateConfig, pred_uri: str, out_dir: str) -> None:
+    """One MLflow run: the config as params, metrics per source / subset / class (``pred/all/iou/car``),
+    the JSON / markdown report and the plots as artifacts."""
+    from afov_ray.train.tracking import Tracker
+
+    with Tracker(cfg.tracking, root=out_dir) as tr:
+        tr.start(params={"eval": to_dict(cfg), "predictions": pred_uri})
+        metrics = {}
+        for s, d in doc["sources"].items():
+            for k, rep in d.items():
+                metrics[f"{s}/{k}/mIoU"] = rep["miou"]
+                metrics[f"{s}/{k}/fwIoU"] = rep["fwiou"]
+                metrics[f"{s}/{k}/accuracy"] = rep["accuracy"]
+                for n, v in rep["iou_per_class"].items():
+                    if v == v:
+                        metrics[f"{s}/{k}/iou/{n}"] = v
+        tr.log_metrics(metrics)
+        tr.log_artifact(str(Path(out_dir) / "metrics.json"))
+        tr.log_artifact(str(Path(out_dir) / "metrics.md"))
+        for p in doc["plots"]:
+            tr.log_artifact(p, "plots")
+        doc["mlflow_run_id"] = tr.run_id
 
 
 def summary_line(doc: dict) -> str:
@@ -318,6 +358,23 @@ def summary_line(doc: dict) -> str:
 
 
 def load_metrics(out_dir: str) -> dict:
-    from afov_ray.storage import uri as suri
+    return json.loads(U.read_bytes(U.join(out_dir, "metrics.json")))
 
-    return json.loads(suri.read_bytes(suri.join(out_dir, "metrics.json")))
+
+@dataclass
+class EvaluateJob(RayKeys):
+    pred: str = option("outputs/demo/pred", "prediction shards folder URI")
+    out: str = option("outputs/demo/eval", "local folder for metrics.json / metrics.md / plots")
+    eval: EvaluateConfig = option(EvaluateConfig(), "scoring rules, plots, tracking")
+
+
+def evaluate_job(cfg: EvaluateJob) -> int:
+    """The body of ``jobs/evaluate.py``."""
+    if cfg.eval.exec.use_ray:
+        cfg.start_ray()
+    doc = run_evaluate(cfg.pred, cfg.out, cfg.eval)
+    print(U.read_bytes(U.join(cfg.out, "metrics.md")).decode())
+    print(summary_line(doc))
+    for e in doc["errors"]:
+        print(f"  skipped {e['item']}: {e['message']}")
+    return doc["exit_code"]

@@ -1,0 +1,133 @@
+"""Teacher backends: what turns one camera image of a keyframe into a ``TeacherImage``.
+
+Every backend has the same three steps, so the teacher pass (``afov_ray.pipeline.teacher``) treats them
+alike:
+
+- ``run_record()`` (driver): the run's identity (``TeacherRun``: name, vocabulary hash, model id) and its
+  text-embedding table, plus extra facts for ``run.json`` (settings, weights checksum);
+- ``setup(text)`` (once per worker actor): load weights, dictionaries;
+- ``label(keyframe, camera)`` (per image): the teacher's masks, mask text ids and mask features for
+  that camera; a bad image raises ``DataError`` naming it and is skipped by the pass.
+
+Backends here: ``simulated`` (generated data: re-renders the camera's ground truth from the generator's
+scene and corrupts it, ``afov_ray.teachers.simulated``) and ``maskclip`` (a built-in MaskCLIP teacher on
+local CLIP weights, ``afov_ray.teachers.maskclip``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from afov_ray.datasets.types import CameraFrame, Keyframe
+from afov_ray.errors import DataError
+from afov_ray.storage import uri as U
+from afov_ray.teachers.dictionary import ClassDictionary
+from afov_ray.teachers.schema import TeacherImage, TeacherRun, TextEmbeddingTable
+
+
+class TeacherBackend(Protocol):
+    kind: str
+
+    def run_record(self) -> tuple[TeacherRun, TextEmbeddingTable, dict[str, Any]]:
+        ...
+
+    def setup(self, text: TextEmbeddingTable) -> None:
+        ...
+
+    def label(self, kf: Keyframe, cam: CameraFrame) -> TeacherImage:
+        ...
+
+
+def image_record(kf: Keyframe, cam: CameraFrame, mask_map: np.ndarray, text_of_mask: dict[int, int],
+                 features: np.ndarray, is_thing: np.ndarray | None = None) -> TeacherImage:
+    """A TeacherImage from a mask map and its {mask id: text index} table (ids ascending)."""
+    ids = np.array(sorted(text_of_mask), dtype=np.int64)
+    area = np.bincount(mask_map.ravel(), minlength=int(ids.max(initial=0)) + 1)[ids] if ids.size else ids
+    return TeacherImage(sample_token=kf.sample_token, camera=cam.channel,
+                        image_size=(int(mask_map.shape[0]), int(mask_map.shape[1])), mask_map=mask_map,
+                        mask_ids=ids, text_index=np.array([text_of_mask[j] for j in ids], dtype=np.int64),
+                        area=area.astype(np.int64), features=features, is_thing=is_thing,
+                        camera_token=cam.token, scene_token=kf.scene)
+
+
+class SimulatedBackend:
+    """Generated datasets only: the generator's scene is re-rendered per camera and corrupted."""
+
+    kind = "simulated"
+
+    def __init__(self, cfg, dictionary: str, dataroot: str, version: str):
+        self.cfg, self.dictionary, self.dataroot, self.version = cfg, dictionary, dataroot, version
+        self._d: ClassDictionary | None = None
+        self._emb: np.ndarray | None = None
+
+    def run_record(self):
+        from afov_ray.teachers.simulated import simulated_text_embeddings
+
+        d = ClassDictionary.load(self.dictionary)
+        emb = simulated_text_embeddings(list(d.texts), d.text_to_category, dim=self.cfg.feature_dim, seed=self.cfg.seed)
+        s = self.cfg
+        model_id = (f"simulated:{s.mask_style}:b{s.boundary_px}:c{s.confusion_prob}:a{s.min_area_px}:"
+                    f"d{s.max_depth_m}:f{s.feature_noise}:t{s.random_text_prob}:s{s.seed}")
+        run = TeacherRun(name=s.name, vocabulary_hash=d.vocabulary_hash(), model_id=model_id,
+                         feature_dim=s.feature_dim, created="")
+        return run, TextEmbeddingTable(embeddings=emb, void_row=False, num_texts=d.num_texts), {}
+
+    def setup(self, text: TextEmbeddingTable) -> None:
+        from afov_ray.datasets.synth.nuscenes_writer import has_scene_record
+
+        self._d = ClassDictionary.load(self.dictionary)
+        self._emb = text.vocabulary_rows
+        if not has_scene_record(self.dataroot):
+            raise DataError(self.dataroot, "the simulated teacher needs a dataroot made by the generator "
+                                           "(afov_ray.datasets.synth); for real data use teacher=maskclip")
+
+    def label(self, kf: Keyframe, cam: CameraFrame) -> TeacherImage:
+        from afov_ray.datasets.synth.nuscenes_writer import render_sample_data
+        from afov_ray.teachers.simulated import simulate_image
+
+        d = self._d
+        r = render_sample_data(self.dataroot, cam.token, version=self.version)
+        mm, mt, feats, thing = simulate_image(r["semantic"], r["instance"], r["depth"], list(d.texts),
+                                              d.text_to_category, d.category_to_raw, self._emb, self.cfg, key=cam.token)
+        return image_record(kf, cam, mm, mt, feats, thing)
+
+
+class MaskCLIPBackend:
+    """The built-in MaskCLIP teacher; reads each camera image from the dataroot (local or s3://)."""
+
+    kind = "maskclip"
+
+    def __init__(self, cfg, dictionary: str, dataroot: str):
+        self.cfg, self.dictionary, self.dataroot = cfg, dictionary, dataroot
+        self._teacher = None
+
+    def run_record(self):
+        from afov_ray.teachers.maskclip import MaskCLIPTeacher, config_record, model_id
+
+        d = ClassDictionary.load(self.dictionary)
+        teacher = MaskCLIPTeacher(self.cfg, list(d.texts))
+        emb = teacher.text_embeddings.cpu().numpy().astype(np.float32)
+        run = TeacherRun(name=self.cfg.name, vocabulary_hash=d.vocabulary_hash(), model_id=model_id(self.cfg),
+                         feature_dim=teacher.feature_dim, created="")
+        return run, TextEmbeddingTable(embeddings=emb, void_row=False, num_texts=d.num_texts), {
+            "maskclip": config_record(self.cfg)}
+
+    def setup(self, text: TextEmbeddingTable) -> None:
+        from afov_ray.teachers.maskclip import MaskCLIPTeacher
+
+        d = ClassDictionary.load(self.dictionary)
+        self._teacher = MaskCLIPTeacher(self.cfg, list(d.texts), text_embeddings=text.vocabulary_rows)
+
+    def label(self, kf: Keyframe, cam: CameraFrame) -> TeacherImage:
+        from afov_ray.teachers.maskclip import decode_image
+
+        path = U.join(self.dataroot, cam.image_path) if self.dataroot else cam.image_path
+        try:
+            data = U.read_bytes(path)
+        except (OSError, FileNotFoundError) as exc:
+            raise DataError(path, f"cannot read camera image: {exc}") from None
+        image = decode_image(data, path)
+        return self._teacher(image, sample_token=kf.sample_token, camera=cam.channel, camera_token=cam.token,
+                             scene_token=kf.scene)
