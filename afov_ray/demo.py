@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from afov_ray.config import flatten, option, section, to_dict
+from afov_ray.datasets.splits import read_split_file
 from afov_ray.datasets.synth.config import SynthConfig
+from afov_ray.datasets.synth.nuscenes_writer import generate_nuscenes
+from afov_ray.eval.metrics import miou
 from afov_ray.log import format_duration, get_logger
 from afov_ray.pipeline.evaluate import EvaluateConfig, run_evaluate
 from afov_ray.pipeline.pair import PairPassConfig, run_pair_pass
@@ -31,12 +34,11 @@ from afov_ray.pipeline.refine import AFIPassConfig, run_afi_pass
 from afov_ray.pipeline.teacher import TeacherPassConfig, run_teacher_pass
 from afov_ray.runtime import RayKeys
 from afov_ray.train.jobs import TrainJob, run_train_job
-from afov_ray.train.tracking import default_tracking_uri
+from afov_ray.train.tracking import TrackingConfig, default_tracking_uri
 
 log = get_logger(__name__)
 
 STAGES = ("tmp", "distill", "finetune", "probe")
-
 
 @dataclass
 class DemoConfig(RayKeys):
@@ -58,7 +60,6 @@ class DemoConfig(RayKeys):
     differences: dict[str, str] = option({}, "settings that differ from the official ones -> why (shown in the "
                                             "report)")
 
-
 class Timer:
     def __init__(self):
         self.t0 = time.perf_counter()
@@ -69,7 +70,6 @@ class Timer:
         self.stages[name] = round(t - self.t0, 1)
         self.t0 = t
         log.info("[demo] %s done in %.1f s", name, self.stages[name])
-
 
 @dataclass
 class Workspace:
@@ -94,11 +94,8 @@ class Workspace:
     def tracking_uri(self) -> str:
         return default_tracking_uri(self.out)
 
-
 def build_data(ws: Workspace, synth: SynthConfig, min_1pct_scenes: int, timer: Timer | None = None) -> dict:
     """generate (skipped when present) -> prepare (resumable) -> splits.json."""
-    from afov_ray.datasets.splits import read_split_file
-    from afov_ray.datasets.synth.nuscenes_writer import generate_nuscenes
 
     if not (ws.dataroot / ws.version / "scene.json").exists():
         generate_nuscenes(ws.dataroot, synth)
@@ -110,11 +107,9 @@ def build_data(ws: Workspace, synth: SynthConfig, min_1pct_scenes: int, timer: T
     splits = read_split_file(ws.split_file)
     return {"keyframes": summary.stats["keyframes"], "splits": {k: v.scenes for k, v in splits.items()}}
 
-
 def _require_complete(summary) -> None:
     if summary.exit_code != 0:
         raise RuntimeError("\n".join(summary.lines()))
-
 
 def teacher_and_pairing(ws: Workspace, teacher: TeacherPassConfig, pair: PairPassConfig, tag: str = "",
                         timer: Timer | None = None) -> dict:
@@ -129,7 +124,6 @@ def teacher_and_pairing(ws: Workspace, teacher: TeacherPassConfig, pair: PairPas
     timer and timer.lap(f"pair{tag}")
     return {"teacher_run": t.stats["run_uri"], "pairing": pairing_uri, "pair_stats": p.stats}
 
-
 def stage_job(ws: Workspace, kind: str, name: str, job: TrainJob, *, pairing: str, teacher_run: str,
               experiment: str, init: str | None = "preset", train_split: str | None = None) -> TrainJob:
     """A stage's job with the workspace's paths filled in (data, teacher run, registry, checkpoints)."""
@@ -143,7 +137,6 @@ def stage_job(ws: Workspace, kind: str, name: str, job: TrainJob, *, pairing: st
                    run=replace(job.run, name=name, storage_path=str(ws.out / "ray_results")),
                    tmp=replace(job.tmp, teacher_run=teacher_run))
 
-
 def train(ws: Workspace, kind: str, job: TrainJob, timer: Timer | None = None) -> dict:
     """One Ray Train fit of a filled-in job; the model is registered as the job's ``register_as``."""
     res = run_train_job(kind, job)
@@ -151,7 +144,6 @@ def train(ws: Workspace, kind: str, job: TrainJob, timer: Timer | None = None) -
         raise RuntimeError(f"{job.run.name} failed: {res.error}")
     timer and timer.lap(job.run.name)
     return {k: v for k, v in dict(res.metrics or {}).items() if not isinstance(v, list)}
-
 
 def evaluate_model(ws: Workspace, name: str, pairing: str, predict: PredictConfig, afi: AFIPassConfig | None,
                    evaluate: EvaluateConfig, afi_assist: bool = False, timer: Timer | None = None,
@@ -170,7 +162,6 @@ def evaluate_model(ws: Workspace, name: str, pairing: str, predict: PredictConfi
             _require_complete(run_afi_pass(pred, out, replace(afi, afi=replace(afi.afi, use_assist=assist))))
             variants[tag] = out
         src = variants["afi"]
-    from afov_ray.train.tracking import TrackingConfig
 
     doc = run_evaluate(src, str(base / "report"), replace(
         evaluate, sweeps=ws.sweeps, dataroot=str(ws.dataroot), plots=plots,
@@ -184,10 +175,8 @@ def evaluate_model(ws: Workspace, name: str, pairing: str, predict: PredictConfi
     timer and timer.lap(f"evaluate {name}")
     return out
 
-
 def summarize_eval(doc: dict) -> dict:
     """mIoU per source and subset: official (empty union = 1) and over GT-present classes only."""
-    from afov_ray.eval.metrics import miou
 
     out: dict = {}
     for s, subsets in doc["sources"].items():
@@ -198,7 +187,6 @@ def summarize_eval(doc: dict) -> dict:
                          "accuracy": float(rep["accuracy"]), "points": int(rep["n_points"])}
     return out
 
-
 def verdict(results: dict) -> dict:
     """Did the distilled model visibly learn? On camera-visible val points: point accuracy >= 80 % and
     present-class mIoU >= 0.8 x the pseudo-labels'."""
@@ -208,7 +196,6 @@ def verdict(results: dict) -> dict:
     return {"accuracy": net["accuracy"], "miou_present": net["miou_present"],
             "pseudo_miou_present": pseudo["miou_present"], "miou_ratio": ratio,
             "learned": bool(net["accuracy"] >= 0.80 and ratio >= 0.8)}
-
 
 def report_markdown(results: dict, differences: dict[str, str]) -> str:
     """The demo's final table, the verdict and the settings that differ from the official ones."""
@@ -240,7 +227,6 @@ def report_markdown(results: dict, differences: dict[str, str]) -> str:
         lines += ["", "Settings that differ from the official ones (configs/demo.yaml), and why:", ""]
         lines += [f"- `{k}`: {why}" for k, why in differences.items()]
     return "\n".join(lines) + "\n"
-
 
 def run_demo(cfg: DemoConfig) -> dict:
     ws = Workspace(Path(cfg.out).absolute(), cfg.synth.version)
@@ -275,7 +261,6 @@ def run_demo(cfg: DemoConfig) -> dict:
           f"{results['distill_eval']['report_dir']}")
     print(f"[demo] MLflow UI: mlflow ui --backend-store-uri {ws.tracking_uri}")
     return results
-
 
 def demo_job(cfg: DemoConfig) -> int:
     """The body of ``jobs/demo.py`` (the verdict is printed; the exit code says the pipeline ran)."""

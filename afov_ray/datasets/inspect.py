@@ -16,7 +16,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from afov_ray.config import option
+from afov_ray.datasets import labels
+from afov_ray.datasets.sweeps import table_to_keyframes
 from afov_ray.datasets.types import Keyframe
+from afov_ray.errors import DataError
+from afov_ray.geometry.projection import project_points as _project
 from afov_ray.storage import uri as U
 from afov_ray.storage.atomic import atomic_write_bytes
 
@@ -28,14 +32,11 @@ def _dataset(sweeps_uri: str):
     fs, path = U.resolve(sweeps_uri)
     return pads.dataset(path, filesystem=fs, format="parquet", ignore_prefixes=[".", "_"])
 
-
 def class_names(dataset: str) -> list[str] | None:
     """Evaluation class names (index = label id) from ``afov_ray.datasets.labels``."""
-    from afov_ray.datasets import labels
 
     return {"nuscenes": list(labels.NUSCENES_EVAL_NAMES),
             "semantickitti": list(labels.KITTI_EVAL_NAMES)}.get(dataset)
-
 
 def dataset_stats(sweeps_uri: str) -> dict[str, Any]:
     """Keyframes, scenes, points per sweep (mean/min/max) and the label histogram of a sweeps folder.
@@ -76,7 +77,6 @@ def dataset_stats(sweeps_uri: str) -> dict[str, Any]:
         stats["errors"] = sum(1 for line in U.read_bytes(errors_uri).splitlines() if line.strip())
     return stats
 
-
 def format_stats(stats: dict[str, Any]) -> str:
     """Human-readable report of ``dataset_stats``."""
     lines = [f"sweeps: {stats['sweeps_uri']}",
@@ -99,20 +99,17 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append("labels: none")
     return "\n".join(lines)
 
-
 def project_points(
     points_xyz: np.ndarray, K: np.ndarray, lidar_to_cam: np.ndarray, width: int, height: int,
     min_depth: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(uv (M, 2), depth (M,), mask (N,) bool)`` of the points that land in the image, through
     ``afov_ray.geometry.projection.project_points`` (official bounds)."""
-    from afov_ray.geometry.projection import project_points as _project
 
     pr = _project(np.asarray(points_xyz)[:, :3], lidar_to_cam, K, width, height, min_depth=min_depth)
     mask = np.zeros(len(points_xyz), dtype=bool)
     mask[pr.point_idx] = True
     return pr.uv, pr.depth, mask
-
 
 def _load_image(dataroot: str | None, rel_path: str, width: int, height: int) -> tuple[np.ndarray, bool]:
     if dataroot:
@@ -123,13 +120,11 @@ def _load_image(dataroot: str | None, rel_path: str, width: int, height: int) ->
             return np.asarray(Image.open(io.BytesIO(U.read_bytes(path))).convert("RGB")), True
     return np.full((height, width, 3), 128, dtype=np.uint8), False
 
-
 def _save(fig, out_uri: str) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     atomic_write_bytes(out_uri, buf.getvalue())
     return out_uri
-
 
 def plot_projection(kf: Keyframe, dataroot: str | None, out_dir: str) -> list[str]:
     """One PNG per camera: the image (grey if not found) with the projected points coloured by depth."""
@@ -153,7 +148,6 @@ def plot_projection(kf: Keyframe, dataroot: str | None, out_dir: str) -> list[st
         written.append(_save(fig, U.join(out_dir, f"{_safe(kf.sample_token)}_{cam.channel}.png")))
         plt.close(fig)
     return written
-
 
 def plot_bev(kf: Keyframe, out_uri: str, names: Sequence[str] | None = None, extent: float = 50.0) -> str:
     """Bird's-eye view (x forward up, y left) of one sweep coloured by label (by height if unlabelled)."""
@@ -185,10 +179,8 @@ def plot_bev(kf: Keyframe, out_uri: str, names: Sequence[str] | None = None, ext
     plt.close(fig)
     return out_uri
 
-
 def _safe(token: str) -> str:
     return token.replace("/", "_")
-
 
 def inspect_sweeps(
     sweeps_uri: str, dataroot: str | None = None, out: str | None = None, num_keyframes: int = 1,
@@ -197,7 +189,6 @@ def inspect_sweeps(
 
     Returns the stats dict with ``figures`` (URIs of the PNGs written; ``stats.json`` too).
     """
-    from afov_ray.datasets.sweeps import table_to_keyframes
 
     stats = dataset_stats(sweeps_uri)
     stats["figures"] = []
@@ -210,7 +201,6 @@ def inspect_sweeps(
         atomic_write_bytes(U.join(out, "stats.json"), json.dumps(stats, indent=2).encode())
     return stats
 
-
 @dataclass
 class InspectJob:
     sweeps: str = option("outputs/demo/sweeps", "sweeps folder URI written by prepare (<out>/sweeps), local or s3://")
@@ -220,10 +210,8 @@ class InspectJob:
     num_keyframes: int = option(1, "how many keyframes to draw", min=0)
     json: bool = option(False, "print the stats as JSON instead of a table")
 
-
 def inspect_job(cfg: InspectJob) -> int:
     """The body of ``jobs/inspect_data.py``."""
-    from afov_ray.errors import DataError
 
     if not U.listdir(cfg.sweeps):
         raise DataError(cfg.sweeps, "no sweep shards here: run jobs/prepare.py first (its out=... folder holds sweeps/)")

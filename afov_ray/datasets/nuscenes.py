@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 
 from afov_ray.datasets.labels import nuscenes_raw_to_eval
+from afov_ray.datasets.splits import nuscenes_split_scenes
 from afov_ray.datasets.types import NUSCENES_CAMERAS, CameraFrame, Keyframe
 from afov_ray.errors import DataError
 from afov_ray.geometry.projection import devkit_chain_points, lidar_to_cam_matrix
 
 LIDAR_CHANNEL = "LIDAR_TOP"
 POINT_DIM = 5  # x, y, z, intensity, ring (float32 each) in a .pcd.bin
-
 
 def load_pcd_bin(path: str, item: str | None = None) -> np.ndarray:
     """(N, 5) float32 from a nuScenes ``.pcd.bin``. DataError naming the file if missing or its
@@ -34,7 +34,6 @@ def load_pcd_bin(path: str, item: str | None = None) -> np.ndarray:
         raise DataError(item, f"size {size} B is not a multiple of {4 * POINT_DIM} B (float32 x {POINT_DIM})")
     return np.fromfile(path, dtype=np.float32).reshape(-1, POINT_DIM)
 
-
 def _image_size(path: str, item: str) -> tuple[int, int]:
     from PIL import Image  # lazy: only when the table has no size
 
@@ -43,7 +42,6 @@ def _image_size(path: str, item: str) -> tuple[int, int]:
             return int(im.size[0]), int(im.size[1])
     except OSError as exc:
         raise DataError(item, f"cannot read image header of {path}: {exc}") from None
-
 
 def _intrinsic(cs: dict[str, Any]) -> np.ndarray:
     item = f"calibrated_sensor {cs.get('token', '?')}"
@@ -56,7 +54,6 @@ def _intrinsic(cs: dict[str, Any]) -> np.ndarray:
     if not np.all(np.isfinite(K)) or K[2, 2] == 0:
         raise DataError(item, f"field 'camera_intrinsic' is invalid: {K.tolist()}")
     return K
-
 
 class NuScenesReader:
     """Reader (afov_ray.datasets.reader.Reader) for a nuScenes dataroot.
@@ -119,7 +116,6 @@ class NuScenesReader:
         names = [sc["name"] for sc in self.nusc.scene]
         if self.split is None:
             return names
-        from afov_ray.datasets.splits import nuscenes_split_scenes
 
         wanted = set(nuscenes_split_scenes(self.split, self.version))
         return [n for n in names if n in wanted]

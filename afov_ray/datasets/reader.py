@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from afov_ray.datasets.kitti import KITTI_CAMERAS, SemanticKITTIReader
+from afov_ray.datasets.nuscenes import NUSCENES_CAMERAS, NuScenesReader
 from afov_ray.datasets.types import Keyframe
 
 
@@ -28,14 +30,12 @@ class Reader(Protocol):
         """Load one keyframe (points, labels, cameras with calibration). Raises DataError."""
         ...
 
-
 # SemanticKITTI's standard split (sequences), used when ``split`` names one.
 KITTI_SPLITS = {
     "train": ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"],
     "val": ["08"],
     "test": [f"{i:02d}" for i in range(11, 22)],
 }
-
 
 def make_reader(dataset: str, dataroot: str, version: str | None = None, split: str | None = None,
                 cameras: bool = True) -> Reader:
@@ -47,19 +47,16 @@ def make_reader(dataset: str, dataroot: str, version: str | None = None, split: 
     LiDAR only (no images or calibration needed).
     """
     if dataset == "nuscenes":
-        from afov_ray.datasets.nuscenes import NUSCENES_CAMERAS, NuScenesReader
 
         return NuScenesReader(dataroot, version or "v1.0-trainval", split=split,
                               cameras=NUSCENES_CAMERAS if cameras else ())
     if dataset == "semantickitti":
-        from afov_ray.datasets.kitti import KITTI_CAMERAS, SemanticKITTIReader
 
         sequences = None
         if split:
             sequences = KITTI_SPLITS.get(split) or [s.strip() for s in split.split(",") if s.strip()]
         return SemanticKITTIReader(dataroot, sequences=sequences, cameras=KITTI_CAMERAS if cameras else ())
     raise ValueError(f"dataset: unknown {dataset!r} (expected 'nuscenes' or 'semantickitti')")
-
 
 @dataclass(frozen=True)
 class ReaderSpec:

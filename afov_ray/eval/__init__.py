@@ -1,8 +1,20 @@
-"""afov_ray.eval: confusion matrix and mIoU as the official code scores them
-(afov-reference.md section 6.4)."""
+"""afov_ray.eval: scoring as the official code does it.
 
-from afov_ray.eval.metrics import (ConfusionAccumulator, confusion_matrix, evaluate_report,
-                                   iou_per_class, micro_iou, miou, point_accuracy, suppress_class0)
+The dataset-level confusion matrix, per-class IoU and mIoU with the official conventions (``metrics``) and
+the per-split class balance of a pairing's pseudo-labels (``class_balance``). Reports over prediction shards
+are built by ``afov_ray.pipeline.evaluate``."""
+
+
+from afov_ray.eval.metrics import (
+                                   ConfusionAccumulator,
+                                   confusion_matrix,
+                                   evaluate_report,
+                                   iou_per_class,
+                                   micro_iou,
+                                   miou,
+                                   point_accuracy,
+                                   suppress_class0,
+)
 
 __all__ = ["ConfusionAccumulator", "confusion_matrix", "evaluate_report", "iou_per_class",
            "micro_iou", "miou", "point_accuracy", "suppress_class0"]

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from afov_ray.datasets.splits import read_split_file
 from afov_ray.errors import DataError
+from afov_ray.eval.metrics import confusion_matrix, iou_per_class
+from afov_ray.storage import uri as suri
 
 COLUMNS = ("sample_token", "labels", "pseudo")
-
 
 def pairing_confusions(pairing_uri: str, split_file: str, splits: tuple[str, ...] = ("train", "val"),
                        num_classes: int = 17) -> dict[str, np.ndarray]:
@@ -29,10 +31,6 @@ def pairing_confusions(pairing_uri: str, split_file: str, splits: tuple[str, ...
     shard at all.
     """
     import pyarrow.parquet as pq
-
-    from afov_ray.datasets.splits import read_split_file
-    from afov_ray.eval.metrics import confusion_matrix
-    from afov_ray.storage import uri as suri
 
     table = read_split_file(split_file)
     unknown = [s for s in splits if s not in table]
@@ -66,12 +64,10 @@ def pairing_confusions(pairing_uri: str, split_file: str, splits: tuple[str, ...
             out[split] = out.get(split, 0) + H
     return out
 
-
 def balance_rows(mats: dict[str, np.ndarray], class_names: list[str], splits: tuple[str, ...] = ("train", "val")
                  ) -> list[dict]:
     """One dict per class with ground truth in any of ``splits``: points, pseudo-label recall and IoU per
     split, and the class the pseudo-labels most often put instead."""
-    from afov_ray.eval.metrics import iou_per_class
 
     rows = []
     present = [s for s in splits if s in mats]
@@ -90,7 +86,6 @@ def balance_rows(mats: dict[str, np.ndarray], class_names: list[str], splits: tu
         if any(row[s]["points"] for s in present):
             rows.append(row)
     return rows
-
 
 def markdown(rows: list[dict], splits: tuple[str, ...] = ("train", "val")) -> list[str]:
     """Markdown lines: class | per split: points, pseudo recall, most frequent wrong pseudo-label."""

@@ -1,4 +1,9 @@
-"""afov_ray.geometry: LiDAR -> camera projection (afov-reference.md section 4.3)."""
+"""afov_ray.geometry: the geometry of LiDAR points and images.
+
+LiDAR -> camera projection on the official chain (``projection``), superpixel-superpoint pairing and
+pseudo-labels with the official or the z-buffer rule (``pairing``), and voxelisation on cylindrical or
+cartesian grids (``voxelize``)."""
+
 
 from afov_ray.geometry.projection import (
     Projection,

@@ -1,5 +1,6 @@
-"""afov_ray.losses: TMP losses (superpoint pooling, superpixel-superpoint InfoNCE, text-superpoint loss)
-and the CE + Lovasz-Softmax segmentation loss (afov-reference.md sections 2.3-2.4, 5.3)."""
+"""afov_ray.losses: TMP losses (superpoint pooling, superpixel-superpoint InfoNCE, text-superpoint loss;
+paper section 3.2) and the CE + Lovasz-Softmax segmentation loss (paper section 3.3). See docs/method.md."""
+
 
 from afov_ray.losses.lovasz import ce_lovasz_loss, lovasz_grad, lovasz_softmax
 from afov_ray.losses.pooling import join_superpixel_features, superpixel_global_id, superpoint_pooling

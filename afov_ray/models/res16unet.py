@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from afov_ray.models.engines import SparseEngine, get_engine
-from afov_ray.models.layers import (BasicBlock, Projection, SparseBatchNorm, SparseConv, SparseLinear,
-                                    cat, relu)
+from afov_ray.models.layers import BasicBlock, Projection, SparseBatchNorm, SparseConv, SparseLinear, cat, relu
 from afov_ray.models.sparse import SparseTensor
 
 

@@ -38,17 +38,21 @@ from typing import Any, Literal
 import numpy as np
 
 from afov_ray.config import option, to_dict
+from afov_ray.datasets.sweeps import table_to_keyframes
 from afov_ray.errors import DataError
-from afov_ray.runtime import RayKeys
+from afov_ray.eval import plots
+from afov_ray.eval.metrics import confusion_matrix, evaluate_report
+from afov_ray.geometry.projection import project_points
+from afov_ray.pipeline.predictions import read_prediction_shard
 from afov_ray.pipeline.shard_pass import DONE_DIR, ExecConfig, ItemResult, PassItem, ShardPass, load_records, run_pass
+from afov_ray.runtime import RayKeys, init_ray
 from afov_ray.storage import shards as S
 from afov_ray.storage import uri as U
 from afov_ray.storage.atomic import atomic_write_bytes, atomic_write_json
 from afov_ray.teachers.dictionary import ClassDictionary
-from afov_ray.train.tracking import TrackingConfig
+from afov_ray.train.tracking import Tracker, TrackingConfig
 
 SUBSETS = ("all", "visible", "unseen")
-
 
 @dataclass
 class EvaluateConfig:
@@ -70,7 +74,6 @@ class EvaluateConfig:
     tracking: TrackingConfig = option(TrackingConfig(enabled=False), "MLflow logging of the metrics")
     exec: ExecConfig = option(ExecConfig(cpus_per_item=0.5), "how items run (Ray tasks)")
 
-
 RULES = {
     "confusion": "one dataset-level H[gt, pred] over all points of all scans (official utils/metrics.py)",
     "ignore": "GT class 0 row zeroed; prediction-0 column kept (a 0 prediction on a labelled point is a miss)",
@@ -78,7 +81,6 @@ RULES = {
     "miou": "mean over classes 1..C-1",
     "fwiou": "official 'fwIoU' = sum_c H_cc / (2 sum H - sum_c H_cc) (a micro IoU)",
 }
-
 
 def _visible_mask(row: dict, mode: str) -> tuple[np.ndarray | None, str]:
     if mode in ("auto", "column") and row.get("visible") is not None:
@@ -89,12 +91,9 @@ def _visible_mask(row: dict, mode: str) -> tuple[np.ndarray | None, str]:
         return np.asarray(row["pseudo"]) > 0, "pseudo > 0 (point has a 2D pseudo-label)"
     return None, "none"
 
-
 def scene_confusions(shard: S.Shard, sources: list[str], num_classes: int, visible: str = "auto") -> dict:
     """Confusion matrices of one prediction shard: {"matrices": {source: {subset: (C, C) int64 list}},
     "scans", "points", "visible_mask"} and the scans skipped (``skipped``: no GT, bad lengths)."""
-    from afov_ray.eval.metrics import confusion_matrix
-    from afov_ray.pipeline.predictions import read_prediction_shard
 
     C = num_classes
     mats = {s: {k: np.zeros((C, C), np.int64) for k in SUBSETS} for s in sources}
@@ -134,7 +133,6 @@ def scene_confusions(shard: S.Shard, sources: list[str], num_classes: int, visib
     return {"matrices": {s: {k: m.tolist() for k, m in mats[s].items()} for s in sources if s in present},
             "scans": scans, "points": points, "visible_mask": sorted(masks_used), "skipped": skipped}
 
-
 class EvaluatePass(ShardPass):
     name = "evaluate"
     compute = "tasks"
@@ -160,7 +158,6 @@ class EvaluatePass(ShardPass):
             raise DataError(item.key, f"no scan could be scored ({reasons})")
         return ItemResult(item.key, stats=part, skipped=skipped)
 
-
 def collect(records: list[dict], num_classes: int) -> dict:
     """Sum the per-scene matrices of the evaluate records."""
     C = num_classes
@@ -175,11 +172,9 @@ def collect(records: list[dict], num_classes: int) -> dict:
             "visible_mask": sorted({m for r in records for m in r["stats"]["visible_mask"]}),
             "errors": [dict(s, stage="evaluate") for r in records for s in r.get("skipped", [])]}
 
-
 def report(collected: dict, cfg: EvaluateConfig, names: list[str]) -> dict:
     """The metrics document: per source and subset, per-class IoU, mIoU, fwIoU, accuracy, points,
     and the confusion matrix."""
-    from afov_ray.eval.metrics import evaluate_report
 
     out: dict[str, Any] = {"rules": dict(RULES, empty_union=(
         f"{cfg.empty_union}: a class with an empty union (no GT and no prediction) gets IoU "
@@ -196,7 +191,6 @@ def report(collected: dict, cfg: EvaluateConfig, names: list[str]) -> dict:
             rep["confusion"] = H.tolist()
             out["sources"][s][k] = rep
     return out
-
 
 def markdown_table(doc: dict) -> str:
     """Per-class IoU (%) table: one column per (source, subset), then mIoU / fwIoU / accuracy rows."""
@@ -215,11 +209,8 @@ def markdown_table(doc: dict) -> str:
               "GT-0 row ignored, prediction-0 column kept (a 0 prediction is a miss); mIoU over classes 1..C-1."]
     return "\n".join(lines) + "\n"
 
-
 def make_plots(inputs: dict[str, S.Shard], doc: dict, collected: dict, cfg: EvaluateConfig, out_dir: str) -> list[str]:
     """Confusion heatmaps, per-class IoU bars, BEV maps of a few scans and a camera overlay."""
-    from afov_ray.eval import plots
-    from afov_ray.pipeline.predictions import read_prediction_shard
 
     names = doc["class_names"]
     paths = []
@@ -254,17 +245,12 @@ def make_plots(inputs: dict[str, S.Shard], doc: dict, collected: dict, cfg: Eval
             paths.append(p)
     return paths
 
-
 def camera_plot(row: dict, cfg: EvaluateConfig, path: Path) -> str | None:
     """Project one scan's predictions into ``cfg.camera`` (calibration from the sweep shard, image
     from the dataroot); None when the scan or camera is not found."""
     import io
 
     from PIL import Image
-
-    from afov_ray.datasets.sweeps import table_to_keyframes
-    from afov_ray.eval import plots
-    from afov_ray.geometry.projection import project_points
 
     shard = U.join(cfg.sweeps, f"{U.check_component(row['scene'], 'scene')}.parquet")
     if not U.exists(shard):
@@ -287,12 +273,10 @@ def camera_plot(row: dict, cfg: EvaluateConfig, path: Path) -> str | None:
     return plots.plot_camera(image, proj.uv, lab, path, f"{row['scene']} {cam.channel}: predictions",
                              cfg.num_classes)
 
-
 def run_evaluate(pred_uri: str, out_dir: str, cfg: EvaluateConfig) -> dict:
     """Evaluate the prediction shards in ``pred_uri``; write ``metrics.json``, ``metrics.md`` and plots
     under ``out_dir`` (a local folder); log to MLflow if ``cfg.tracking.enabled``. Returns the document,
     with ``errors`` naming every scan or scene that could not be scored and ``exit_code``."""
-    from afov_ray.runtime import init_ray
 
     t0 = time.perf_counter()
     names = list(ClassDictionary.load(cfg.dictionary).eval_class_names)
@@ -326,11 +310,9 @@ def run_evaluate(pred_uri: str, out_dir: str, cfg: EvaluateConfig) -> dict:
         log_to_mlflow(doc, cfg, pred_uri, out_dir)
     return doc
 
-
 def log_to_mlflow(doc: dict, cfg: EvaluateConfig, pred_uri: str, out_dir: str) -> None:
     """One MLflow run: the config as params, metrics per source / subset / class (``pred/all/iou/car``),
     the JSON / markdown report and the plots as artifacts."""
-    from afov_ray.train.tracking import Tracker
 
     with Tracker(cfg.tracking, root=out_dir) as tr:
         tr.start(params={"eval": to_dict(cfg), "predictions": pred_uri})
@@ -350,23 +332,19 @@ def log_to_mlflow(doc: dict, cfg: EvaluateConfig, pred_uri: str, out_dir: str) -
             tr.log_artifact(p, "plots")
         doc["mlflow_run_id"] = tr.run_id
 
-
 def summary_line(doc: dict) -> str:
     parts = [f"{s}: " + ", ".join(f"{k} {100 * d[k]['miou']:.2f}" for k in SUBSETS if k in d)
              for s, d in doc["sources"].items()]
     return "mIoU (%) " + " | ".join(parts) + f"  [{doc['scans']} scans, {doc['points']} points]"
 
-
 def load_metrics(out_dir: str) -> dict:
     return json.loads(U.read_bytes(U.join(out_dir, "metrics.json")))
-
 
 @dataclass
 class EvaluateJob(RayKeys):
     pred: str = option("outputs/demo/pred", "prediction shards folder URI")
     out: str = option("outputs/demo/eval", "local folder for metrics.json / metrics.md / plots")
     eval: EvaluateConfig = option(EvaluateConfig(), "scoring rules, plots, tracking")
-
 
 def evaluate_job(cfg: EvaluateJob) -> int:
     """The body of ``jobs/evaluate.py``."""

@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 
 from afov_ray.config import option
+from afov_ray.datasets.splits import resolve_nuscenes_split
 from afov_ray.errors import DataError
 from afov_ray.pipeline.predictions import read_prediction_shard
 from afov_ray.storage import shards as S
@@ -32,7 +33,6 @@ from afov_ray.storage import uri as suri
 from afov_ray.storage.atomic import atomic_write_bytes, atomic_write_json
 
 META_KEYS = ("use_camera", "use_lidar", "use_radar", "use_map", "use_external")
-
 
 @dataclass
 class SubmissionConfig:
@@ -46,7 +46,6 @@ class SubmissionConfig:
     use_radar: bool = option(False, "submission meta: radar used")
     use_map: bool = option(False, "submission meta: maps used")
     use_external: bool = option(False, "submission meta: external data used (the 2D teachers' training data)")
-
 
 def write_submission(pred_uri: str, out_dir: str, cfg: SubmissionConfig, scenes: list[str] | None = None) -> dict:
     """Write one ``.bin`` per scan of the prediction shards and ``submission.json``; returns
@@ -91,13 +90,10 @@ def write_submission(pred_uri: str, out_dir: str, cfg: SubmissionConfig, scenes:
             pass
     return {"files": files, "points": points, "bin_dir": bin_dir, "json": json_uri}
 
-
 def submission_scenes(split: str, version: str) -> list[str] | None:
     """The scenes of a submission split: the official nuScenes split of that name (mini_* for a *-mini
     version), else None (every predicted scene)."""
     from nuscenes.utils.splits import create_splits_scenes
-
-    from afov_ray.datasets.splits import resolve_nuscenes_split
 
     table = create_splits_scenes(verbose=False)
     name = resolve_nuscenes_split(split, version)

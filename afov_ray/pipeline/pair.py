@@ -21,12 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from afov_ray.config import option
+from afov_ray.cli import print_summary
+from afov_ray.config import ConfigError, option, to_dict
 from afov_ray.datasets.sweeps import table_to_keyframes
 from afov_ray.errors import DataError
 from afov_ray.geometry.pairing import CameraMasks, PairingConfig, encode_official, pair_keyframe
 from afov_ray.pipeline.shard_pass import ExecConfig, ItemResult, PassItem, PassSummary, ShardPass, run_pass
-from afov_ray.runtime import RayKeys
+from afov_ray.runtime import RayKeys, init_ray
 from afov_ray.storage import shards as S
 from afov_ray.teachers.dictionary import ClassDictionary
 from afov_ray.teachers.schema import IMAGES_DIR, from_table, read_run
@@ -36,14 +37,12 @@ SWEEP_COLUMNS = ["dataset", "scene", "sample_token", "lidar_token", "timestamp",
                  "points", "ring", "raw_labels", "labels", "cam_channel", "cam_token", "cam_image_path",
                  "cam_width", "cam_height", "cam_timestamp", "cam_K", "cam_lidar_to_cam"]
 
-
 @dataclass
 class PairPassConfig:
     pairing: PairingConfig = option(PairingConfig(), "projection and pseudo-label rule")
     dictionary: str = option("nuscenes", "class dictionary: nuscenes | kitti | a YAML file (must match the "
                                          "teacher run's vocabulary)")
     exec: ExecConfig = option(ExecConfig(), "how items run (Ray tasks)")
-
 
 def pairing_schema():
     return pa.schema([
@@ -55,12 +54,10 @@ def pairing_schema():
         ("sp_text", pa.list_(pa.int32())), ("sp_feat", pa.binary()), ("feat_dim", pa.int32()),
     ], metadata={b"afov.pairing_schema": str(PAIRING_SCHEMA_VERSION).encode()})
 
-
 def _zeros_stats(num_classes: int) -> dict:
     return {"keyframes": 0, "num_points": 0, "labelled": 0, "scored": 0, "agree": 0, "missing_cameras": 0,
             "per_class_gt": np.zeros(num_classes, np.int64), "per_class_labelled": np.zeros(num_classes, np.int64),
             "per_class_agree": np.zeros(num_classes, np.int64)}
-
 
 class PairPass(ShardPass):
     name = "pair"
@@ -81,7 +78,6 @@ class PairPass(ShardPass):
         return self._d
 
     def fingerprint(self) -> dict:
-        from afov_ray.config import to_dict
 
         return {"teacher_run_id": self.teacher_run_id, "pairing": to_dict(self.cfg.pairing),
                 "dictionary": self.cfg.dictionary}
@@ -154,7 +150,6 @@ class PairPass(ShardPass):
     def summarize(self, records: list[dict]) -> dict:
         return summarize(records, list(self.dictionary.eval_class_names))
 
-
 def summarize(records: list[dict], class_names: list[str]) -> dict:
     """Sum per-scene statistics (from done records): coverage, agreement, per-class coverage / agreement."""
     C = len(class_names)
@@ -177,10 +172,8 @@ def summarize(records: list[dict], class_names: list[str]) -> dict:
         for c in range(1, C) if per["per_class_gt"][c] > 0}
     return tot
 
-
 def run_pair_pass(sweeps_uri: str, teacher_run_uri: str, out_uri: str, cfg: PairPassConfig) -> PassSummary:
     """Pair every scene that has both a sweep shard and a teacher shard (resuming)."""
-    from afov_ray.runtime import init_ray
 
     run, text = read_run(teacher_run_uri)
     d = ClassDictionary.load(cfg.dictionary)
@@ -202,7 +195,6 @@ def run_pair_pass(sweeps_uri: str, teacher_run_uri: str, out_uri: str, cfg: Pair
     summary.stats["scenes_without_teacher"] = sorted(set(sweeps) - set(teacher))
     return summary
 
-
 @dataclass
 class PairJob(RayKeys):
     sweeps: str = option("outputs/demo/sweeps", "sweeps folder URI")
@@ -210,11 +202,8 @@ class PairJob(RayKeys):
     out: str = option("outputs/demo/pairing", "pairing output folder URI")
     pair: PairPassConfig = option(PairPassConfig(), "projection and pseudo-label rule")
 
-
 def pair_job(cfg: PairJob) -> int:
     """The body of ``jobs/pair.py``."""
-    from afov_ray.cli import print_summary
-    from afov_ray.config import ConfigError
 
     if not cfg.teacher_run:
         raise ConfigError("config key 'teacher_run': required (<teacher out>/<run_id>)")

@@ -36,23 +36,28 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from afov_ray.afi.config import AFIConfig
+from afov_ray.cli import print_summary
 from afov_ray.config import ConfigError, option
+from afov_ray.datasets.splits import read_split_file
 from afov_ray.errors import DataError
 from afov_ray.eval.metrics import suppress_class0 as _suppress_class0
+from afov_ray.models.res16unet import build_model
 from afov_ray.models.spec import ModelSpec, check_overrides
 from afov_ray.pipeline.export import SubmissionConfig, submission_scenes, write_submission
-from afov_ray.pipeline.predictions import (PREDICTION_SCHEMA_VERSION, prediction_schema, read_prediction_shard,
-                                           rows_of)
+from afov_ray.pipeline.predictions import PREDICTION_SCHEMA_VERSION, prediction_schema
+from afov_ray.pipeline.refine import refine_scan
 from afov_ray.pipeline.shard_pass import ExecConfig, ItemResult, PassItem, PassSummary, ShardPass, run_pass
-from afov_ray.runtime import RayKeys
+from afov_ray.runtime import RayKeys, init_ray
 from afov_ray.storage import shards as S
+from afov_ray.train.data import IngestConfig, collate, prepare_row
+from afov_ray.train.tracking import load_model
 
 
 @dataclass
@@ -78,7 +83,6 @@ class PredictConfig:
     afi_cfg: AFIConfig = option(AFIConfig(), "AFI settings when afi=true")
     exec: ExecConfig = option(ExecConfig(), "how items run (an actor pool: each actor holds the model)")
 
-
 def select_scenes(available: list[str], scenes: list[str] | None, split_file: str | None,
                   split: str) -> list[str]:
     """Scenes to process: ``available`` restricted to ``scenes`` and / or a split of a split file."""
@@ -86,7 +90,6 @@ def select_scenes(available: list[str], scenes: list[str] | None, split_file: st
     if scenes is not None:
         keep &= set(scenes)
     if split_file:
-        from afov_ray.datasets.splits import read_split_file
 
         splits = read_split_file(split_file)
         if split not in splits:
@@ -94,10 +97,8 @@ def select_scenes(available: list[str], scenes: list[str] | None, split_file: st
         keep &= set(splits[split].scenes)
     return sorted(keep)
 
-
 # ------------------------------------------------------------------------------------------------
 # model
-
 
 def resolve_spec(spec: ModelSpec | None, cfg: PredictConfig) -> ModelSpec:
     """The model's spec with this job's settings checked against it (a model without a spec, e.g. an
@@ -107,12 +108,10 @@ def resolve_spec(spec: ModelSpec | None, cfg: PredictConfig) -> ModelSpec:
     check_overrides(spec, cfg.model, grid=("grid", cfg.grid), voxel_size=("voxel_size", cfg.voxel_size))
     return spec
 
-
 def build_segmentation_model(spec: ModelSpec, state: dict[str, torch.Tensor], engine: str = "torch",
                              source: str = "state") -> torch.nn.Module:
     """The network of ``spec`` with ``state`` loaded strictly, in eval mode. A missing / unexpected key or
     a shape mismatch raises DataError naming the key."""
-    from afov_ray.models.res16unet import build_model
 
     if spec.task != "segmentation":
         raise ConfigError(f"model {source} is a {spec.task} model (e.g. TMP), not a segmentation model")
@@ -128,7 +127,6 @@ def build_segmentation_model(spec: ModelSpec, state: dict[str, torch.Tensor], en
     model.load_state_dict(state, strict=True)
     return model.eval()
 
-
 @torch.inference_mode()
 def predict_scans(model: torch.nn.Module, rows: list[dict], spec: ModelSpec, suppress_class0: bool = True,
                   with_logits: bool = False, scans_per_forward: int = 1,
@@ -137,7 +135,6 @@ def predict_scans(model: torch.nn.Module, rows: list[dict], spec: ModelSpec, sup
 
     Returns per scan {"pred": (N,) uint8, "logits": (N, C) float16 or None}. Scans are forwarded
     ``scans_per_forward`` at a time (eval-mode BN: the result does not depend on grouping)."""
-    from afov_ray.train.data import IngestConfig, collate, prepare_row
 
     ing = IngestConfig(grid=spec.grid, voxel_size=spec.voxel_size, target="gt", augment=False)
     out: list[dict] = []
@@ -166,10 +163,8 @@ def predict_scans(model: torch.nn.Module, rows: list[dict], spec: ModelSpec, sup
             out.append({"pred": vox_pred[idx].numpy().astype(np.uint8), "logits": point_logits})
     return out
 
-
 # ------------------------------------------------------------------------------------------------
 # the pass
-
 
 def input_kind(columns: list[str], source: str, item: str) -> str:
     if source in ("pairing", "sweeps"):
@@ -179,7 +174,6 @@ def input_kind(columns: list[str], source: str, item: str) -> str:
     if "lidar_token" in columns and "cam_K" in columns:
         return "sweeps"
     raise DataError(item, f"neither a pairing nor a sweeps shard (columns {columns[:8]}...)")
-
 
 class PredictPass(ShardPass):
     name = "predict"
@@ -238,7 +232,6 @@ class PredictPass(ShardPass):
                               self.cfg.scans_per_forward, self.device)
         refined: list[tuple[np.ndarray | None, float | None]] = [(None, None)] * len(good)
         if self.cfg.afi:
-            from afov_ray.pipeline.refine import refine_scan
 
             refined = []
             for r, p in zip(good, preds):
@@ -278,20 +271,16 @@ class PredictPass(ShardPass):
         return {"scans": scans, "points": points, "item_seconds": secs,
                 "scans_per_item_second": scans / secs if secs > 0 else 0.0}
 
-
 def load_for_predict(cfg: PredictConfig) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     """The model's weights and spec (loaded once on the driver), with the job's settings checked."""
-    from afov_ray.train.tracking import load_model
 
     state, spec = load_model(cfg.model, tracking_uri=cfg.tracking_uri)
     spec = resolve_spec(spec, cfg)
     build_segmentation_model(spec, state, "torch", cfg.model)  # fail fast on a mismatching model
     return spec, state
 
-
 def run_predict(in_uri: str, out_uri: str, cfg: PredictConfig) -> PassSummary:
     """Predict every selected scene of ``in_uri`` (resuming); returns the pass summary."""
-    from afov_ray.runtime import init_ray
 
     inputs = S.open_folder(in_uri, require_manifest=cfg.exec.require_manifest, what="input folder")
     first = next(iter(inputs.values()))
@@ -307,7 +296,6 @@ def run_predict(in_uri: str, out_uri: str, cfg: PredictConfig) -> PassSummary:
     summary.stats["scans_per_second"] = summary.stats.get("scans", 0) / wall if wall > 0 else 0.0
     return summary
 
-
 @dataclass
 class PredictJob(RayKeys):
     input: str = option("outputs/demo/pairing", "pairing or sweeps shards folder URI")
@@ -317,10 +305,8 @@ class PredictJob(RayKeys):
     sub: SubmissionConfig = option(SubmissionConfig(), "submission files")
     sub_version: str = option("v1.0-trainval", "nuScenes version (submission split names)")
 
-
 def predict_job(cfg: PredictJob) -> int:
     """The body of ``jobs/predict.py``."""
-    from afov_ray.cli import print_summary
 
     if not cfg.predict.model:
         raise ConfigError("config key 'predict.model': required (models:/name@alias, a checkpoint folder, ...)")

@@ -20,18 +20,25 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from afov_ray.cli import print_summary
 from afov_ray.config import ConfigError, option
 from afov_ray.datasets.reader import Reader, ReaderSpec
-from afov_ray.datasets.sweeps import SWEEPS_SCHEMA_NAME, SWEEPS_SCHEMA_VERSION, check_keyframe, keyframes_to_table, sweeps_schema
+from afov_ray.datasets.splits import make_kitti_splits, standard_nuscenes_splits, write_split_file
+from afov_ray.datasets.sweeps import (
+    SWEEPS_SCHEMA_NAME,
+    SWEEPS_SCHEMA_VERSION,
+    check_keyframe,
+    keyframes_to_table,
+    sweeps_schema,
+)
 from afov_ray.errors import DataError
 from afov_ray.pipeline.shard_pass import ExecConfig, ItemResult, PassItem, PassSummary, ShardPass, run_pass
-from afov_ray.runtime import RayKeys
+from afov_ray.runtime import RayKeys, init_ray
 from afov_ray.storage import uri as U
 from afov_ray.storage.atomic import AtomicParquetWriter
 
 SWEEPS_DIR = "sweeps"
 SPLITS_NAME = "splits.json"
-
 
 @dataclass
 class PrepareConfig:
@@ -54,7 +61,6 @@ class PrepareConfig:
 
     def reader_spec(self) -> ReaderSpec:
         return ReaderSpec(self.dataset, self.dataroot, self.version, self.split, cameras=self.cameras)
-
 
 class PreparePass(ShardPass):
     name = "prepare"
@@ -140,14 +146,11 @@ class PreparePass(ShardPass):
         return {"dataset": self.cfg.dataset, "dataroot": self.cfg.dataroot, "version": self.cfg.version,
                 "split": self.cfg.split}
 
-
 class _NoRows(Exception):
     """Raised inside the atomic writer to discard an empty shard."""
 
-
 def write_splits(cfg: PrepareConfig, out_uri: str, reader: Reader) -> dict:
     """Write ``<out>/splits.json`` for the dataset; returns {split: number of scenes}."""
-    from afov_ray.datasets.splits import make_kitti_splits, standard_nuscenes_splits, write_split_file
 
     if cfg.dataset == "nuscenes":
         splits = standard_nuscenes_splits(reader, min_1pct_scenes=cfg.min_1pct_scenes)
@@ -156,14 +159,12 @@ def write_splits(cfg: PrepareConfig, out_uri: str, reader: Reader) -> dict:
     write_split_file(U.join(out_uri, SPLITS_NAME), splits)
     return {k: len(v.scenes) for k, v in splits.items()}
 
-
 def run_prepare(cfg: PrepareConfig, out_uri: str, reader: Reader | None = None) -> PassSummary:
     """Prepare every selected scene (resuming); write splits.json; returns the pass summary
     (``stats``: keyframes, keyframes_skipped, and ``splits``)."""
     t0 = time.perf_counter()
     p = PreparePass(cfg, out_uri, reader)
     if cfg.exec.use_ray:
-        from afov_ray.runtime import init_ray
 
         init_ray()
     summary = run_pass(p)
@@ -172,16 +173,13 @@ def run_prepare(cfg: PrepareConfig, out_uri: str, reader: Reader | None = None) 
     summary.seconds = time.perf_counter() - t0
     return summary
 
-
 @dataclass
 class PrepareJob(RayKeys):
     out: str = option("outputs/demo", "output URI, local folder or s3://bucket/prefix; shards go to <out>/sweeps/")
     prepare: PrepareConfig = option(PrepareConfig(), "what to read and how")
 
-
 def prepare_job(cfg: PrepareJob) -> int:
     """The body of ``jobs/prepare.py``."""
-    from afov_ray.cli import print_summary
 
     if not cfg.prepare.dataroot:
         raise ConfigError("config key 'prepare.dataroot': required (the raw dataset root)")

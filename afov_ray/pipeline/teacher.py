@@ -18,11 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from afov_ray.cli import print_summary
 from afov_ray.config import ConfigError, option
 from afov_ray.datasets.sweeps import table_to_keyframes
 from afov_ray.errors import DataError
 from afov_ray.pipeline.shard_pass import ExecConfig, ItemResult, PassItem, PassSummary, ShardPass, run_pass
-from afov_ray.runtime import RayKeys
+from afov_ray.runtime import RayKeys, init_ray
 from afov_ray.storage import shards as S
 from afov_ray.teachers.backends import MaskCLIPBackend, SimulatedBackend
 from afov_ray.teachers.maskclip import MaskCLIPConfig
@@ -32,7 +33,6 @@ from afov_ray.teachers.simulated import SimTeacherConfig
 CAMERA_COLUMNS = ["dataset", "scene", "sample_token", "lidar_token", "timestamp", "lidar_path", "num_points",
                   "points", "ring", "raw_labels", "labels", "cam_channel", "cam_token", "cam_image_path",
                   "cam_width", "cam_height", "cam_timestamp", "cam_K", "cam_lidar_to_cam"]
-
 
 @dataclass
 class TeacherPassConfig:
@@ -49,7 +49,6 @@ class TeacherPassConfig:
         if self.teacher == "simulated":
             return SimulatedBackend(self.sim, self.dictionary, self.dataroot, self.version)
         return MaskCLIPBackend(self.maskclip, self.dictionary, self.dataroot)
-
 
 class TeacherPass(ShardPass):
     name = "teacher"
@@ -100,11 +99,9 @@ class TeacherPass(ShardPass):
     def manifest_info(self) -> dict:
         return {"run_id": self.run.run_id}
 
-
 def run_teacher_pass(sweeps_uri: str, out_uri: str, cfg: TeacherPassConfig) -> PassSummary:
     """Label every camera image of the sweep shards; returns the pass summary, whose ``stats`` carry
     ``run_id`` and ``run_uri`` (the folder to give the pair pass)."""
-    from afov_ray.runtime import init_ray
 
     sweeps = S.open_folder(sweeps_uri, require_manifest=cfg.exec.require_manifest, what="sweeps folder")
     if cfg.exec.use_ray:
@@ -117,17 +114,14 @@ def run_teacher_pass(sweeps_uri: str, out_uri: str, cfg: TeacherPassConfig) -> P
     summary.stats.update(run_id=run.run_id, run_uri=run_uri)
     return summary
 
-
 @dataclass
 class TeacherJob(RayKeys):
     sweeps: str = option("outputs/demo/sweeps", "sweeps folder URI (prepare output)")
     out: str = option("outputs/demo/teacher", "teacher output root URI (a run folder <out>/<run_id> is made)")
     teacher: TeacherPassConfig = option(TeacherPassConfig(), "which teacher and how")
 
-
 def teacher_job(cfg: TeacherJob) -> int:
     """The body of ``jobs/teacher.py``."""
-    from afov_ray.cli import print_summary
 
     if not cfg.teacher.dataroot:
         raise ConfigError("config key 'teacher.dataroot': required (the dataset root holding the camera images)")

@@ -20,11 +20,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from afov_ray.datasets.synth.nuscenes_writer import has_scene_record, render_sample_data
 from afov_ray.datasets.types import CameraFrame, Keyframe
 from afov_ray.errors import DataError
 from afov_ray.storage import uri as U
 from afov_ray.teachers.dictionary import ClassDictionary
+from afov_ray.teachers.maskclip import MaskCLIPTeacher, config_record, decode_image, model_id
 from afov_ray.teachers.schema import TeacherImage, TeacherRun, TextEmbeddingTable
+from afov_ray.teachers.simulated import simulate_image, simulated_text_embeddings
 
 
 class TeacherBackend(Protocol):
@@ -39,7 +42,6 @@ class TeacherBackend(Protocol):
     def label(self, kf: Keyframe, cam: CameraFrame) -> TeacherImage:
         ...
 
-
 def image_record(kf: Keyframe, cam: CameraFrame, mask_map: np.ndarray, text_of_mask: dict[int, int],
                  features: np.ndarray, is_thing: np.ndarray | None = None) -> TeacherImage:
     """A TeacherImage from a mask map and its {mask id: text index} table (ids ascending)."""
@@ -50,7 +52,6 @@ def image_record(kf: Keyframe, cam: CameraFrame, mask_map: np.ndarray, text_of_m
                         mask_ids=ids, text_index=np.array([text_of_mask[j] for j in ids], dtype=np.int64),
                         area=area.astype(np.int64), features=features, is_thing=is_thing,
                         camera_token=cam.token, scene_token=kf.scene)
-
 
 class SimulatedBackend:
     """Generated datasets only: the generator's scene is re-rendered per camera and corrupted."""
@@ -63,7 +64,6 @@ class SimulatedBackend:
         self._emb: np.ndarray | None = None
 
     def run_record(self):
-        from afov_ray.teachers.simulated import simulated_text_embeddings
 
         d = ClassDictionary.load(self.dictionary)
         emb = simulated_text_embeddings(list(d.texts), d.text_to_category, dim=self.cfg.feature_dim, seed=self.cfg.seed)
@@ -75,7 +75,6 @@ class SimulatedBackend:
         return run, TextEmbeddingTable(embeddings=emb, void_row=False, num_texts=d.num_texts), {}
 
     def setup(self, text: TextEmbeddingTable) -> None:
-        from afov_ray.datasets.synth.nuscenes_writer import has_scene_record
 
         self._d = ClassDictionary.load(self.dictionary)
         self._emb = text.vocabulary_rows
@@ -84,15 +83,12 @@ class SimulatedBackend:
                                            "(afov_ray.datasets.synth); for real data use teacher=maskclip")
 
     def label(self, kf: Keyframe, cam: CameraFrame) -> TeacherImage:
-        from afov_ray.datasets.synth.nuscenes_writer import render_sample_data
-        from afov_ray.teachers.simulated import simulate_image
 
         d = self._d
         r = render_sample_data(self.dataroot, cam.token, version=self.version)
         mm, mt, feats, thing = simulate_image(r["semantic"], r["instance"], r["depth"], list(d.texts),
                                               d.text_to_category, d.category_to_raw, self._emb, self.cfg, key=cam.token)
         return image_record(kf, cam, mm, mt, feats, thing)
-
 
 class MaskCLIPBackend:
     """The built-in MaskCLIP teacher; reads each camera image from the dataroot (local or s3://)."""
@@ -104,7 +100,6 @@ class MaskCLIPBackend:
         self._teacher = None
 
     def run_record(self):
-        from afov_ray.teachers.maskclip import MaskCLIPTeacher, config_record, model_id
 
         d = ClassDictionary.load(self.dictionary)
         teacher = MaskCLIPTeacher(self.cfg, list(d.texts))
@@ -115,13 +110,11 @@ class MaskCLIPBackend:
             "maskclip": config_record(self.cfg)}
 
     def setup(self, text: TextEmbeddingTable) -> None:
-        from afov_ray.teachers.maskclip import MaskCLIPTeacher
 
         d = ClassDictionary.load(self.dictionary)
         self._teacher = MaskCLIPTeacher(self.cfg, list(d.texts), text_embeddings=text.vocabulary_rows)
 
     def label(self, kf: Keyframe, cam: CameraFrame) -> TeacherImage:
-        from afov_ray.teachers.maskclip import decode_image
 
         path = U.join(self.dataroot, cam.image_path) if self.dataroot else cam.image_path
         try:

@@ -44,6 +44,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from afov_ray.errors import DataError
+from afov_ray.teachers.clip_model import OPENAI_MEAN, OPENAI_STD, clip_config, load_clip
+from afov_ray.teachers.clip_tokenizer import CLIPTokenizer
+from afov_ray.teachers.schema import TeacherImage
 
 # 80 OpenAI ImageNet prompt templates (CLIP's zero-shot notebook; CAT-Seg's ensemble)
 IMAGENET_TEMPLATES: tuple[str, ...] = (
@@ -79,7 +82,6 @@ VILD_TEMPLATES: tuple[str, ...] = (
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"imagenet": IMAGENET_TEMPLATES, "vild": VILD_TEMPLATES, "plain": ("{}",)}
 
-
 @dataclass
 class MaskCLIPConfig:
     name: str = "maskclip"
@@ -104,10 +106,8 @@ class MaskCLIPConfig:
         return TEMPLATE_SETS[self.templates]
 
     def clip_config(self):
-        from afov_ray.teachers.clip_model import clip_config
 
         return clip_config(self.model, quick_gelu=self.quick_gelu)
-
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
@@ -117,9 +117,7 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
-
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
 
 def weights_id(path: str) -> str:
     """``sha256-<16 hex>`` of the weights file (cached by path, size, mtime), or ``random-init``."""
@@ -138,7 +136,6 @@ def weights_id(path: str) -> str:
         _SHA_CACHE[key] = f"sha256-{h.hexdigest()[:16]}"
     return _SHA_CACHE[key]
 
-
 def model_id(cfg: MaskCLIPConfig) -> str:
     """Identity of the teacher for the run record: preset, activation, weights hash, input size, templates."""
     tpl = hashlib.sha256(json.dumps(list(cfg.template_list())).encode()).hexdigest()[:8]
@@ -147,7 +144,6 @@ def model_id(cfg: MaskCLIPConfig) -> str:
         wid += f"-s{cfg.seed}"
     act = "quickgelu" if cfg.quick_gelu else "gelu"
     return f"maskclip:{cfg.model}:{act}:{wid}:short{cfg.image_short_side}:tpl-{tpl}"
-
 
 def bilinear_taps(n_out: int, n_in: int):
     """Source indices and weights of 1-D bilinear up-sampling with ``align_corners=False``
@@ -160,7 +156,6 @@ def bilinear_taps(n_out: int, n_in: int):
     i1 = (i0 + 1).clamp_max(n_in - 1)
     lam = (src - i0.double()).float()
     return i0, i1, lam
-
 
 def label_and_pool(feats, text_emb, out_hw: tuple[int, int], row_chunk: int = 0):
     """Per-pixel text labels at ``out_hw`` and per-text feature sums, without full-resolution tensors.
@@ -207,7 +202,6 @@ def label_and_pool(feats, text_emb, out_hw: tuple[int, int], row_chunk: int = 0)
     area = torch.bincount(labels.reshape(-1), minlength=T)
     return labels, sums, area
 
-
 class MaskCLIPTeacher:
     """MaskCLIP teacher over a fixed vocabulary (module docstring). Loads the model once.
 
@@ -217,9 +211,6 @@ class MaskCLIPTeacher:
 
     def __init__(self, cfg: MaskCLIPConfig, texts: Sequence[str], text_embeddings: np.ndarray | None = None):
         import torch
-
-        from afov_ray.teachers.clip_model import load_clip
-        from afov_ray.teachers.clip_tokenizer import CLIPTokenizer
 
         self.cfg = cfg
         self.device = torch.device(resolve_device(cfg.device))
@@ -272,8 +263,6 @@ class MaskCLIPTeacher:
         """(H, W, 3) uint8 RGB -> (1, 3, h*p, w*p) normalised float32 on the device."""
         import torch
         import torch.nn.functional as F
-
-        from afov_ray.teachers.clip_model import OPENAI_MEAN, OPENAI_STD
 
         img = np.asarray(image)
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
@@ -328,7 +317,6 @@ class MaskCLIPTeacher:
     def __call__(self, image: np.ndarray, sample_token: str = "", camera: str = "", camera_token: str = "",
                  scene_token: str = ""):
         """One (sample, camera) image -> :class:`afov_ray.teachers.schema.TeacherImage`."""
-        from afov_ray.teachers.schema import TeacherImage
 
         out = self.segment(image)
         H, W = out["mask_map"].shape
@@ -336,7 +324,6 @@ class MaskCLIPTeacher:
                             mask_map=out["mask_map"], mask_ids=out["mask_ids"], text_index=out["text_index"],
                             area=out["area"], features=out["features"], is_thing=None,
                             camera_token=camera_token, scene_token=scene_token)
-
 
 def decode_image(data: bytes, item: str) -> np.ndarray:
     """Encoded image bytes (JPEG / PNG ...) -> (H, W, 3) uint8 RGB; DataError naming ``item``."""
@@ -349,7 +336,6 @@ def decode_image(data: bytes, item: str) -> np.ndarray:
             return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(item, f"unreadable camera image: {exc}") from exc
-
 
 def config_record(cfg: MaskCLIPConfig) -> dict[str, Any]:
     """Plain-data view of the config for run records."""

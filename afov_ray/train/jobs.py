@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from afov_ray.config import option, section
+from afov_ray.cli import run_job
+from afov_ray.config import config_hash, option, section
+from afov_ray.datasets.splits import read_split_file
 from afov_ray.errors import DataError
+from afov_ray.runtime import init_ray
 from afov_ray.train.data import IngestConfig, scan_dataset
 from afov_ray.train.optim import OptimConfig
 from afov_ray.train.runner import LoopConfig, RunSettings, ScaleConfig, run_stage
 from afov_ray.train.stages import ModelConfig, SegConfig, SegStage, TMPConfig, TMPStage
-from afov_ray.train.tracking import TrackingConfig
+from afov_ray.train.tracking import TrackingConfig, git_commit
 
 
 @dataclass
@@ -29,7 +32,6 @@ class DataConfig:
     split_file: str | None = option(None, "split file (JSON, written by prepare); None = all scenes")
     train_split: str = option("train", "split trained on (train, train_1pct, ...)")
     val_split: str | None = option("val", "split validated on each epoch (segmentation stages); None: none")
-
 
 @dataclass
 class TrainJob:
@@ -42,13 +44,11 @@ class TrainJob:
     tmp: TMPConfig = section(TMPConfig, "TMP losses and the teacher run")
     seg: SegConfig = section(SegConfig, "segmentation head (distillation, fine-tuning, probing)")
 
-
 def split_scenes(cfg: DataConfig, name: str | None) -> list[str] | None:
     """Scenes of split ``name`` in the split file (None: no restriction); an empty split is a DataError
     saying which split is empty and why."""
     if cfg.split_file is None or name is None:
         return None
-    from afov_ray.datasets.splits import read_split_file
 
     splits = read_split_file(cfg.split_file)
     if name not in splits:
@@ -61,7 +61,6 @@ def split_scenes(cfg: DataConfig, name: str | None) -> list[str] | None:
                                         + (f"; rule: {why}" if why else "") + ")")
     return list(sp.scenes)
 
-
 def build_datasets(cfg: TrainJob, with_pairings: bool, train_target: str) -> dict:
     train_ingest = replace(cfg.ingest, with_pairings=with_pairings, target=train_target)
     ds = {"train": scan_dataset(cfg.data.pairing, train_ingest, split_scenes(cfg.data, cfg.data.train_split))}
@@ -70,9 +69,7 @@ def build_datasets(cfg: TrainJob, with_pairings: bool, train_target: str) -> dic
         ds["val"] = scan_dataset(cfg.data.pairing, val_ingest, split_scenes(cfg.data, cfg.data.val_split))
     return ds
 
-
 TRAIN_KINDS = ("tmp", "distill", "finetune")
-
 
 def make_stage(kind: str, cfg: TrainJob):
     """The ``Stage`` of a job kind, with its data sources for the lineage tags."""
@@ -84,21 +81,16 @@ def make_stage(kind: str, cfg: TrainJob):
                         teacher_run=cfg.tmp.teacher_run or None)
     raise ValueError(f"unknown training job kind {kind!r} (one of {TRAIN_KINDS})")
 
-
 def job_lineage(cfg: TrainJob) -> dict[str, str]:
     """Job-level lineage tags: hash of the resolved job config and the code's git commit."""
-    from afov_ray.config import config_hash
-    from afov_ray.train.tracking import git_commit
 
     return {"config_hash": config_hash(cfg), "git_commit": git_commit()}
-
 
 def run_train_job(kind: str, cfg: TrainJob, callbacks: list | None = None, lineage: dict | None = None):
     """kind: "tmp" | "distill" | "finetune" (fine-tuning or, with loop.linear_probe, linear probing).
 
     ``callbacks`` go to the Train ``RunConfig`` (a Tune trial passes ``TuneReportCallback``);
     ``lineage`` adds tags to the registered model beside the stage's and the job's own."""
-    from afov_ray.runtime import init_ray
 
     stage = make_stage(kind, cfg)
     init_ray(cfg.scale.address)
@@ -109,14 +101,11 @@ def run_train_job(kind: str, cfg: TrainJob, callbacks: list | None = None, linea
     return run_stage(stage, cfg.loop, cfg.scale, cfg.run, datasets, callbacks=callbacks,
                      lineage={**job_lineage(cfg), **(lineage or {})})
 
-
 __all__ = ["DataConfig", "TrainJob", "run_train_job", "make_stage", "job_lineage", "TRAIN_KINDS", "job_main",
            "OptimConfig", "TrackingConfig"]
 
-
 def job_main(kind: str, description: str, argv=None) -> int:
     """The body of ``jobs/tmp.py`` / ``jobs/distill.py`` / ``jobs/finetune.py``."""
-    from afov_ray.cli import run_job
 
     def body(cfg: TrainJob) -> int:
         result = run_train_job(kind, cfg)

@@ -29,13 +29,14 @@ import torch
 
 from afov_ray.config import option
 from afov_ray.log import format_duration, get_logger
+from afov_ray.models.checkpoint import load_official_checkpoint
 from afov_ray.models.spec import ModelSpec
+from afov_ray.runtime import init_ray, require_resources
 from afov_ray.train.checkpoint import load_checkpoint, save_checkpoint
 from afov_ray.train.optim import CosineSchedule, OptimConfig, build_optimizer, freeze_for_linear_probe
 from afov_ray.train.tracking import Tracker, TrackingConfig
 
 log = get_logger(__name__)
-
 
 @dataclass
 class ScaleConfig:
@@ -51,7 +52,6 @@ class ScaleConfig:
                                              "autoscaling cluster grows to fit); false: an infeasible request is an "
                                              "error before training starts")
 
-
 @dataclass
 class RunSettings:
     name: str = option("afov", "Ray Train run name; re-running with the same name + storage_path resumes")
@@ -61,7 +61,6 @@ class RunSettings:
                                   "failure (-1: unlimited)", min=-1)
     num_to_keep: int | None = option(2, "checkpoints kept (None: all)", min=1)
     checkpoint_every_steps: int = option(0, "extra mid-epoch checkpoints every N steps; 0: epoch ends only", min=0)
-
 
 @dataclass
 class LoopConfig:
@@ -75,7 +74,6 @@ class LoopConfig:
                                       "same either way", min=1)
     optim: OptimConfig = option(OptimConfig(), "optimiser and schedule")
     tracking: TrackingConfig = option(TrackingConfig(), "MLflow tracking and registration")
-
 
 class Stage:
     """Interface of a training stage; subclasses are plain picklable objects."""
@@ -112,13 +110,11 @@ class Stage:
         model); evaluated on the driver by ``run_stage``, which adds ``stage`` and the caller's tags."""
         return {}
 
-
 def _rank_world() -> tuple[int, int]:
     import ray.train
 
     ctx = ray.train.get_context()
     return ctx.get_world_rank(), ctx.get_world_size()
-
 
 def allreduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In-place all-reduce across Train workers (no-op with one process); ``op`` "sum" or "mean"."""
@@ -129,7 +125,6 @@ def allreduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if op == "mean":
             t /= dist.get_world_size()
     return t
-
 
 def stage_loop(config: dict) -> None:
     """``train_loop_per_worker`` for every stage. ``config`` = {"stage": Stage, "loop": LoopConfig}."""
@@ -148,7 +143,6 @@ def stage_loop(config: dict) -> None:
     init = stage.init_state()
     if init is not None:
         # shape-filtered, official prefixes stripped (afov-reference.md 5.4): a TMP 768-d head is skipped
-        from afov_ray.models.checkpoint import load_official_checkpoint
 
         load_official_checkpoint(model, init)
     if loop.linear_probe:
@@ -249,7 +243,6 @@ def stage_loop(config: dict) -> None:
                                spec=stage.model_spec())
     tracker.end()
 
-
 def epoch_line(stage: str, epoch: int, num_epochs: int, steps: int, metrics: dict, epoch_times: list[float],
                scans_per_step: int) -> str:
     """One line per epoch on rank 0: epoch, steps, loss, validation mIoU, scans/s, time left."""
@@ -261,7 +254,6 @@ def epoch_line(stage: str, epoch: int, num_epochs: int, steps: int, metrics: dic
             + f", {steps * scans_per_step / max(secs, 1e-9):.2f} scans/s, data wait "
               f"{metrics['train/data_wait_fraction']:.0%}, {format_duration(secs)}/epoch, ~{format_duration(left)} left")
 
-
 def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettings,
               datasets: dict, val_split: bool = True, callbacks: list | None = None, lineage: dict | None = None):
     """Build and fit the ``TorchTrainer``; returns the Ray ``Result``.
@@ -271,8 +263,6 @@ def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettin
     model (merged over ``{"stage": ..., **stage.lineage()}``)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from afov_ray.runtime import init_ray, require_resources
 
     storage = run.storage_path
     if "://" not in storage:

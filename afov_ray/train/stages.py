@@ -19,12 +19,16 @@ from typing import Literal
 import numpy as np
 import torch
 
-from afov_ray.config import option
+from afov_ray.config import option, to_dict
 from afov_ray.eval.metrics import confusion_matrix, iou_per_class
+from afov_ray.losses import ce_lovasz_loss, join_superpixel_features, superpoint_pooling, tmp_loss
+from afov_ray.models.res16unet import build_model
 from afov_ray.models.spec import ModelSpec
-
+from afov_ray.storage import uri as suri
+from afov_ray.teachers.dictionary import ClassDictionary
 from afov_ray.train.data import IngestConfig, collate
 from afov_ray.train.runner import Stage, allreduce_
+from afov_ray.train.tracking import data_fingerprint, load_model_state, teacher_lineage
 
 
 @dataclass
@@ -40,13 +44,10 @@ class ModelConfig:
                                     "runs:/..., a checkpoint folder / .pt file or s3:// URI")
     tracking_uri: str | None = option(None, "MLflow tracking URI for models:/ init (default $MLFLOW_TRACKING_URI)")
 
-
 def _init_lineage(cfg: ModelConfig) -> dict[str, str]:
     return {"init": cfg.init} if cfg.init else {}
 
-
 def _data_lineage(pairing: str | None, teacher_run: str | None) -> dict[str, str]:
-    from afov_ray.train.tracking import data_fingerprint, teacher_lineage
 
     out: dict[str, str] = {}
     if teacher_run:
@@ -55,14 +56,11 @@ def _data_lineage(pairing: str | None, teacher_run: str | None) -> dict[str, str
         out.update(data_fingerprint(pairing))
     return out
 
-
 def _init_state(cfg: ModelConfig) -> dict | None:
     if not cfg.init:
         return None
-    from afov_ray.train.tracking import load_model_state
 
     return load_model_state(cfg.init, tracking_uri=cfg.tracking_uri)
-
 
 def _spec(m: ModelConfig, ingest: IngestConfig, out_channels: int, task: str, normalize: bool, dictionary: str,
           teacher_run: str, class_names: tuple[str, ...] = ()) -> ModelSpec:
@@ -72,17 +70,13 @@ def _spec(m: ModelConfig, ingest: IngestConfig, out_channels: int, task: str, no
                      voxel_size=ingest.voxel_size, dictionary=dictionary,
                      dataset="semantickitti" if dictionary == "kitti" else "nuscenes", teacher_run=run_id)
 
-
 def _build(spec: ModelSpec, engine: str):
-    from afov_ray.models.res16unet import build_model
 
     return build_model(spec.name, spec.in_channels, spec.out_channels, engine, spec.bn_momentum,
                        normalize_features=spec.normalize_features)
 
-
 def _forward(model, batch, device):
     return model(batch["coords"].to(device), batch["feats"].to(device))
-
 
 @dataclass
 class TMPConfig:
@@ -98,7 +92,6 @@ class TMPConfig:
         "official", "superpixel-superpoint InfoNCE rows: superpoints (official) | superpixels (paper Eq. 1)")
     renormalize: bool = option(False, "paper: L2-renormalise pooled superpoint features (official: no)")
 
-
 class TMPStage(Stage):
     name = "tmp"
 
@@ -110,7 +103,6 @@ class TMPStage(Stage):
         return {**_data_lineage(self.pairing, self.cfg.teacher_run), **_init_lineage(self.model_cfg)}
 
     def params(self) -> dict:
-        from afov_ray.config import to_dict
 
         return {"model": to_dict(self.model_cfg), "tmp": to_dict(self.cfg), "ingest": to_dict(self.ingest)}
 
@@ -128,9 +120,6 @@ class TMPStage(Stage):
         if self._text is None:
             import io
 
-            from afov_ray.storage import uri as suri
-            from afov_ray.teachers.dictionary import ClassDictionary
-
             d = ClassDictionary.load(self.cfg.dictionary)
             emb = np.load(io.BytesIO(suri.read_bytes(suri.join(self.cfg.teacher_run, "text_embedding.npy"))))
             meta = __import__("json").loads(suri.read_bytes(suri.join(self.cfg.teacher_run, "run.json")))
@@ -145,7 +134,6 @@ class TMPStage(Stage):
             yield collate(b, with_pairings=True, stride=self.ingest.stride)
 
     def loss(self, model, batch, device):
-        from afov_ray.losses import join_superpixel_features, superpoint_pooling, tmp_loss
 
         feats = _forward(model, batch, device)
         ids, k = superpoint_pooling(feats, batch["pair_voxel"].to(device), batch["pair_superpixel"].to(device),
@@ -159,14 +147,12 @@ class TMPStage(Stage):
         return out.total, {"loss_image": float(out.image.detach()), "loss_text": float(out.text.detach()),
                            "superpoints": float(len(ids))}
 
-
 @dataclass
 class SegConfig:
     num_classes: int = option(17, "output classes incl. ignore 0: 17 (nuScenes) | 20 (SemanticKITTI)", min=2)
     suppress_class0_in_val: bool = option(True, "never predict class 0 in validation (official trainer "
                                                 "validation; the official final evaluate does not)")
     dictionary: str = option("nuscenes", "class names of the outputs (nuscenes | kitti | YAML)")
-
 
 class SegStage(Stage):
     """Annotation-free distillation (target = pseudo) and fine-tuning / linear probing (target = gt)."""
@@ -181,12 +167,10 @@ class SegStage(Stage):
         return {**_data_lineage(self.pairing, self.teacher_run), **_init_lineage(self.model_cfg)}
 
     def params(self) -> dict:
-        from afov_ray.config import to_dict
 
         return {"model": to_dict(self.model_cfg), "seg": to_dict(self.cfg), "ingest": to_dict(self.ingest)}
 
     def model_spec(self) -> ModelSpec:
-        from afov_ray.teachers.dictionary import ClassDictionary
 
         names = list(ClassDictionary.load(self.cfg.dictionary).eval_class_names)
         if len(names) != self.cfg.num_classes:
@@ -206,7 +190,6 @@ class SegStage(Stage):
             yield collate(b)
 
     def loss(self, model, batch, device):
-        from afov_ray.losses import ce_lovasz_loss
 
         logits = _forward(model, batch, device)
         target = batch["target"].to(device)
@@ -216,7 +199,6 @@ class SegStage(Stage):
         return validate_segmentation(model, shard, device, self.cfg.num_classes, self.cfg.suppress_class0_in_val,
                                      self.model_spec().class_names)
 
-
 def predict_points(model, batch, device, suppress_class0: bool) -> torch.Tensor:
     """Per-point predictions: voxel argmax copied to every point through the inverse map."""
     logits = _forward(model, batch, device)
@@ -224,7 +206,6 @@ def predict_points(model, batch, device, suppress_class0: bool) -> torch.Tensor:
         logits = logits.clone()
         logits[:, 0] = float("-inf")
     return logits.argmax(1).cpu()[batch["inverse"]]
-
 
 def validate_segmentation(model, shard, device, num_classes: int, suppress_class0: bool,
                           class_names: tuple[str, ...] | list[str] = ()) -> dict:

@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from afov_ray.config import flatten, option
+from afov_ray.errors import DataError
 from afov_ray.models.checkpoint import extract_state_dict
+from afov_ray.models.spec import ModelSpec
+from afov_ray.storage import uri as suri
 
 if TYPE_CHECKING:  # pragma: no cover
     from afov_ray.models.spec import ModelSpec
-
 
 @dataclass
 class TrackingConfig:
@@ -41,7 +43,6 @@ class TrackingConfig:
     enabled: bool = option(True, "track at all (rank 0 only)")
     tags: dict[str, str] = option({}, "extra tags set on the MLflow run")
 
-
 def default_tracking_uri(root: str | Path = "outputs") -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
@@ -50,12 +51,10 @@ def default_tracking_uri(root: str | Path = "outputs") -> str:
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
 
-
 def _artifact_root(tracking_uri: str) -> str | None:
     if tracking_uri.startswith("sqlite:///"):
         return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").absolute().as_uri()
     return None
-
 
 def ensure_experiment(tracking_uri: str, name: str) -> str:
     import mlflow
@@ -71,7 +70,6 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
-
 
 class Tracker:
     """Rank-0 MLflow run. Use as a context manager; on other ranks every call does nothing."""
@@ -164,7 +162,6 @@ class Tracker:
         self.end("FAILED" if exc_type else "FINISHED")
         return False
 
-
 def register_model(tracking_uri: str, run_id: str, model: torch.nn.Module, name: str,
                    alias: str | None = None, tags: dict | None = None, spec: "ModelSpec | None" = None) -> int:
     """``mlflow.pytorch.log_model`` (pickle format: torch.export cannot trace sparse engines) + alias."""
@@ -190,15 +187,11 @@ def register_model(tracking_uri: str, run_id: str, model: torch.nn.Module, name:
         client.set_registered_model_alias(name, alias, str(version))
     return version
 
-
 SPEC_TAG = "afov.model_spec"
-
 
 def load_model(uri: str, tracking_uri: str | None = None) -> tuple[dict[str, torch.Tensor], "ModelSpec | None"]:
     """(state dict, ModelSpec or None) from a registry URI, run URI, checkpoint directory/file or s3:// URI.
     The spec is the model's contract (``afov_ray.models.spec``); official checkpoints have none."""
-    from afov_ray.errors import DataError
-    from afov_ray.models.spec import ModelSpec
 
     if uri.startswith(("models:/", "runs:/")):
         import mlflow
@@ -215,7 +208,6 @@ def load_model(uri: str, tracking_uri: str | None = None) -> tuple[dict[str, tor
         spec_json = _registry_spec(uri, tracking_uri)
         return state, (ModelSpec.from_dict(json.loads(spec_json)) if spec_json else None)
     if uri.startswith("s3://"):
-        from afov_ray.storage import uri as suri
 
         with tempfile.TemporaryDirectory() as td:
             fs, path = suri.resolve(uri)
@@ -237,11 +229,9 @@ def load_model(uri: str, tracking_uri: str | None = None) -> tuple[dict[str, tor
         raise DataError(uri, "model not found (no such checkpoint folder or file)")
     return _state_and_spec(p)
 
-
 def load_model_state(uri: str, tracking_uri: str | None = None) -> dict[str, torch.Tensor]:
     """A plain model state dict (see ``load_model``)."""
     return load_model(uri, tracking_uri)[0]
-
 
 def _registry_spec(uri: str, tracking_uri: str | None) -> str | None:
     """The ``afov.model_spec`` tag of a registered model version (models:/name@alias, models:/name/N)."""
@@ -263,10 +253,7 @@ def _registry_spec(uri: str, tracking_uri: str | None) -> str | None:
     except Exception:  # noqa: BLE001 - no spec: the caller falls back to its own settings
         return None
 
-
 def _state_and_spec(path: Path):
-    from afov_ray.errors import DataError
-    from afov_ray.models.spec import ModelSpec
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -276,10 +263,6 @@ def _state_and_spec(path: Path):
     if spec is None and isinstance(obj, dict) and isinstance(obj.get("config"), dict):
         spec = obj["config"].get("model_spec")
     return dict(extract_state_dict(obj)), (ModelSpec.from_dict(spec) if spec else None)
-
-
-
-
 
 # --- lineage tags of registered models -------------------------------------------------------------
 
@@ -298,14 +281,11 @@ def git_commit() -> str:
         pass
     return os.environ.get("AFOV_GIT_COMMIT", "unknown")
 
-
 def data_fingerprint(uri: str) -> dict[str, str]:
     """Identity of a shard folder: sha256 of its ``_manifest.json`` when there is one, else of its
     listing (names, sizes) plus ``_stats.json`` (the pair pass writes statistics, not a manifest)."""
     import hashlib
     import json
-
-    from afov_ray.storage import uri as suri
 
     manifest = suri.join(uri, "_manifest.json")
     if suri.exists(manifest):
@@ -321,12 +301,9 @@ def data_fingerprint(uri: str) -> dict[str, str]:
     return {"data.uri": uri, "data.sha256": hashlib.sha256(blob).hexdigest(),
             "data.sha256_of": "listing+_stats.json" if stats_sha else "listing"}
 
-
 def teacher_lineage(run_uri: str) -> dict[str, str]:
     """``teacher.run`` (URI) and ``teacher.run_id`` (from its ``run.json``) of a teacher run folder."""
     import json
-
-    from afov_ray.storage import uri as suri
 
     out = {"teacher.run": run_uri}
     meta = suri.join(run_uri, "run.json")

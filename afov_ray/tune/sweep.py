@@ -36,11 +36,13 @@ from typing import Any, Literal
 
 from afov_ray.config import ConfigError, deep_merge, flatten, from_dict, to_dict
 from afov_ray.runtime import init_ray
-from afov_ray.train.jobs import TrainJob
+from afov_ray.storage import uri as suri
+from afov_ray.train.checkpoint import load_checkpoint
+from afov_ray.train.jobs import TrainJob, job_lineage, make_stage, run_train_job
+from afov_ray.train.tracking import Tracker, default_tracking_uri, ensure_experiment, register_model
 
 KIND_DEFAULTS = {"distill": ("val/mIoU", "max"), "tmp": ("train/loss_epoch", "min")}
 TEACHER_KEY = "teacher"
-
 
 @dataclass
 class TeacherChoice:
@@ -48,13 +50,11 @@ class TeacherChoice:
     run: str = field(default="", metadata={"help": "teacher run folder URI (run.json, text_embedding.npy)"})
     pairing: str = field(default="", metadata={"help": "pairing shards folder made from this teacher run"})
 
-
 @dataclass
 class ASHASettings:
     enabled: bool = field(default=True, metadata={"help": "ASHA early stopping (time attribute: epoch)"})
     grace_period: int = field(default=1, metadata={"help": "epochs every trial runs before it can be stopped"})
     reduction_factor: float = field(default=2.0, metadata={"help": "ASHA halving rate"})
-
 
 @dataclass
 class SweepSettings:
@@ -92,13 +92,11 @@ class SweepSettings:
                 "data tasks then wait forever on a small cluster): after each trial, remove the groups it created "
                 "that are still reserved. Only with max_concurrent_trials = 1, where no other trial owns one"})
 
-
 @dataclass
 class SweepJob(TrainJob):
     """The base training job (same keys as jobs/tmp.py and jobs/distill.py) plus ``sweep``."""
 
     sweep: SweepSettings = field(default_factory=SweepSettings, metadata={"help": "the sweep"})
-
 
 def metric_and_mode(s: SweepSettings) -> tuple[str, str]:
     if s.kind not in KIND_DEFAULTS:
@@ -109,7 +107,6 @@ def metric_and_mode(s: SweepSettings) -> tuple[str, str]:
         raise ConfigError(f"config key 'sweep.mode': {mode!r} is not one of ['max', 'min']")
     return s.metric or metric, mode
 
-
 def _nest(flat: dict[str, Any]) -> dict:
     out: dict = {}
     for key, v in flat.items():
@@ -119,7 +116,6 @@ def _nest(flat: dict[str, Any]) -> dict:
             cur = cur.setdefault(p, {})
         cur[parts[-1]] = v
     return out
-
 
 def space_keys(s: SweepSettings) -> dict[str, list]:
     """The flat search space (dotted key -> values), validated against ``TrainJob``."""
@@ -139,7 +135,6 @@ def space_keys(s: SweepSettings) -> dict[str, list]:
         raise ConfigError("sweep.space: tmp.* keys have no effect on a distill sweep (use sweep.kind=tmp)")
     return {k: list(v) for k, v in flat.items()}
 
-
 def param_space(s: SweepSettings) -> dict:
     """Tune ``param_space``: ``teacher`` (names) and every dotted key of ``space``."""
     from ray import tune
@@ -156,7 +151,6 @@ def param_space(s: SweepSettings) -> dict:
     if s.search == "random":
         return {k: tune.choice(v) for k, v in axes.items()}
     raise ConfigError(f"config key 'sweep.search': {s.search!r} is not one of ['grid', 'random']")
-
 
 def trial_job(base: TrainJob, params: dict, teachers: list[TeacherChoice], trial_id: str, sweep_name: str,
               train_storage: str, tracking_uri: str, init: str | None, driver_cpus: float = 0.0) -> TrainJob:
@@ -192,13 +186,11 @@ def trial_job(base: TrainJob, params: dict, teachers: list[TeacherChoice], trial
     return replace(cfg, model=model, loop=replace(cfg.loop, tracking=tracking), scale=scale,
                    run=replace(cfg.run, name=trial_id, storage_path=train_storage, checkpoint_every_steps=0))
 
-
 def _created_placement_groups() -> dict[str, list]:
     import ray
 
     return {k: list(v["bundles"].values()) for k, v in ray.util.placement_group_table().items()
             if v["state"] == "CREATED"}
-
 
 def _remove_leaked_placement_groups(before: dict[str, list], bundles: list[dict]) -> list[str]:
     """Remove placement groups created during this trial's fit that are still reserved after it with
@@ -219,15 +211,12 @@ def _remove_leaked_placement_groups(before: dict[str, list], bundles: list[dict]
             removed.append(pg_id)
     return removed
 
-
 def sweep_trial(config: dict, *, kind: str, base: dict, teachers: list[dict], sweep_name: str,
                 train_storage: str, tracking_uri: str, init: str | None, driver_cpus: float,
                 remove_leaked_pgs: bool = False) -> None:
     """The Tune trainable: fit this trial's TorchTrainer, reporting each epoch to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from afov_ray.train.jobs import run_train_job
 
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_job(from_dict(TrainJob, base), config, [from_dict(TeacherChoice, t) for t in teachers], trial_id,
@@ -241,24 +230,18 @@ def sweep_trial(config: dict, *, kind: str, base: dict, teachers: list[dict], sw
     if result.error is not None:
         raise RuntimeError(f"trial {trial_id} failed: {result.error}") from result.error
 
-
 def _join(root: str, *parts: str) -> str:
-    from afov_ray.storage import uri as suri
 
     if "://" in root:
         return suri.join(root, *parts)
     return os.path.join(os.path.abspath(root), *parts)
 
-
 def _read_checkpoint(path: str, storage_root: str) -> dict:
     """Checkpoint reported through Tune (``checkpoint_path``: a local path, or a bucket path for s3)."""
     import tempfile
 
-    from afov_ray.train.checkpoint import load_checkpoint
-
     if "://" not in storage_root:
         return load_checkpoint(path)
-    from afov_ray.storage import uri as suri
 
     uri = path if "://" in path else f"{storage_root.split('://', 1)[0]}://{path.lstrip('/')}"
     with tempfile.TemporaryDirectory() as td:
@@ -267,11 +250,8 @@ def _read_checkpoint(path: str, storage_root: str) -> dict:
             f.write(suri.read_bytes(suri.join(uri, "state.pt")))
         return load_checkpoint(local)
 
-
 def register_best(cfg: SweepJob, results, tracking_uri: str, train_storage: str) -> dict:
     """Register the best trial's last checkpoint with lineage tags and ``sweep.alias``."""
-    from afov_ray.train.jobs import job_lineage, make_stage
-    from afov_ray.train.tracking import Tracker, register_model
 
     s = cfg.sweep
     metric, mode = metric_and_mode(s)
@@ -304,12 +284,10 @@ def register_best(cfg: SweepJob, results, tracking_uri: str, train_storage: str)
                          "uri": f"models:/{name}@{s.alias}"}
     return out
 
-
 def _base_job(cfg: SweepJob) -> TrainJob:
     d = to_dict(cfg)
     d.pop("sweep")
     return from_dict(TrainJob, d)
-
 
 def _check(cfg: SweepJob, metric: str) -> None:
     if cfg.sweep.kind == "distill" and metric.startswith("val/") and not (cfg.data.split_file and cfg.data.val_split):
@@ -318,14 +296,11 @@ def _check(cfg: SweepJob, metric: str) -> None:
         if not (t.run and t.pairing):
             raise ConfigError(f"config key 'sweep.teachers': teacher {t.name!r} needs both run and pairing")
 
-
 def run_sweep(cfg: SweepJob) -> dict:
     """Run (or resume) the sweep; returns a summary with the trials, the best one and its registration."""
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
-
-    from afov_ray.train.tracking import default_tracking_uri, ensure_experiment
 
     s = cfg.sweep
     metric, mode = metric_and_mode(s)
@@ -382,7 +357,6 @@ def run_sweep(cfg: SweepJob) -> dict:
         summary["best"] = None
     return summary
 
-
 def sweep_job(cfg: SweepJob) -> int:
     """The body of ``jobs/sweep.py``."""
     import json
@@ -396,7 +370,6 @@ def sweep_job(cfg: SweepJob) -> int:
     print(f"sweep {cfg.sweep.name}: best trial {summary['best']['trial_id']} "
           f"{summary['metric']}={summary['best']['value']} -> {summary['best'].get('registered')}")
     return 0
-
 
 __all__ = ["sweep_job", "SweepJob", "SweepSettings", "TeacherChoice", "ASHASettings", "run_sweep", "trial_job", "sweep_trial",
            "param_space", "register_best", "metric_and_mode"]

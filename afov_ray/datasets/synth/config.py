@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from afov_ray.errors import DataError
+
 
 @dataclass
 class SynthConfig:
@@ -67,7 +69,6 @@ class SynthConfig:
     kitti_max_range: float = 80.0
 
     def validate(self) -> None:
-        from afov_ray.errors import DataError
 
         if self.num_scenes < 1 or not (0 <= self.num_val_scenes <= self.num_scenes):
             raise DataError("SynthConfig.num_val_scenes", f"need 0 <= num_val_scenes <= num_scenes >= 1, "

@@ -24,8 +24,16 @@ from afov_ray.datasets.synth.classes import KIND_TO_KITTI
 from afov_ray.datasets.synth.config import SynthConfig
 from afov_ray.datasets.synth.lidar import simulate_sweep
 from afov_ray.datasets.synth.render import render_camera
-from afov_ray.datasets.synth.rig import (HDL64E_ELEVATIONS_DEG, KITTI_BASELINES, KITTI_CAM0_IN_VELO, KITTI_K,
-                                         KITTI_NATIVE_SIZE, KITTI_VELO_HEIGHT, make_transform, scale_intrinsics)
+from afov_ray.datasets.synth.rig import (
+    HDL64E_ELEVATIONS_DEG,
+    KITTI_BASELINES,
+    KITTI_CAM0_IN_VELO,
+    KITTI_K,
+    KITTI_NATIVE_SIZE,
+    KITTI_VELO_HEIGHT,
+    make_transform,
+    scale_intrinsics,
+)
 from afov_ray.datasets.synth.scene import Scene, build_scene
 
 LEAD_US = 100_000
