@@ -90,7 +90,7 @@ class PairPass(ShardPass):
 
     def run_item(self, item: PassItem) -> ItemResult:
         d = self.dictionary
-        C = d.num_eval_classes + 1
+        C = d.num_eval_classes
         raw_to_eval = np.zeros(256, dtype=np.uint8)
         for r, e in d.raw_to_eval.items():
             raw_to_eval[int(r)] = e

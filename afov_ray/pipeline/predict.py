@@ -74,6 +74,10 @@ class PredictConfig:
     split: str = option("val", "split name inside split_file")
     suppress_class0: bool = option(True, "never predict class 0 (the official final evaluate: false)")
     with_logits: bool = option(False, "also store per-point logits (float16)")
+    name: Literal["res16unet34c", "minkunet18"] | None = option(
+        None, "architecture; null: the model's (needed only for a checkpoint without a contract, e.g. official)")
+    num_classes: int | None = option(None, "output classes; null: the model's (needed only for a checkpoint "
+                                           "without a contract)", min=2)
     grid: Literal["cylindrical", "cartesian"] | None = option(None, "voxel grid; null: the model's (a different "
                                                                     "value is an error)")
     voxel_size: float | None = option(None, "voxel size in m; null: the model's (a different value is an error)",
@@ -104,8 +108,12 @@ def resolve_spec(spec: ModelSpec | None, cfg: PredictConfig) -> ModelSpec:
     """The model's spec with this job's settings checked against it (a model without a spec, e.g. an
     official checkpoint, takes grid / voxel size from the config and the official defaults otherwise)."""
     if spec is None:
-        return ModelSpec(grid=cfg.grid or "cylindrical", voxel_size=cfg.voxel_size or 0.1)
-    check_overrides(spec, cfg.model, grid=("grid", cfg.grid), voxel_size=("voxel_size", cfg.voxel_size))
+        return ModelSpec(name=cfg.name or "res16unet34c", out_channels=cfg.num_classes or 17,
+                         grid=cfg.grid or "cylindrical", voxel_size=cfg.voxel_size or 0.1)
+    check_overrides(spec, cfg.model, **{"predict.name": ("name", cfg.name),
+                                        "predict.num_classes": ("out_channels", cfg.num_classes),
+                                        "predict.grid": ("grid", cfg.grid),
+                                        "predict.voxel_size": ("voxel_size", cfg.voxel_size)})
     return spec
 
 def build_segmentation_model(spec: ModelSpec, state: dict[str, torch.Tensor], engine: str = "torch",

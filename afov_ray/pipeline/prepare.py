@@ -73,13 +73,10 @@ class PreparePass(ShardPass):
         self.cfg = cfg
         self._reader = reader
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_reader"] = None  # workers build their own (never ship the devkit tables)
-        return state
-
     @property
     def reader(self) -> Reader:
+        """The reader (shipped to workers as is: readers pickle without their heavy tables, e.g. the
+        nuScenes reader reloads the devkit where it runs)."""
         if self._reader is None:
             self._reader = self.cfg.reader_spec()()
         return self._reader
@@ -122,7 +119,8 @@ class PreparePass(ShardPass):
                         if kf.scene != scene:
                             raise DataError(kid, f"keyframe belongs to scene {kf.scene!r}, not {scene!r}")
                     except DataError as e:
-                        skipped.append({"item": f"{scene}/{kid}" if e.item == kid else e.item, "message": e.message})
+                        item_name = e.item if str(e.item).startswith(scene) else f"{scene}/{e.item}"
+                        skipped.append({"item": item_name, "message": e.message})
                         continue
                     buffer.append(kf)
                     if len(buffer) >= self.cfg.rows_per_group:

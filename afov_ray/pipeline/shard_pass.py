@@ -89,8 +89,8 @@ class PassSummary:
     name: str
     out: str
     items_total: int
-    items_done_before: int
-    items_new: int
+    done_before: list[str]          # items already done when the run started (skipped)
+    written: list[str]              # items committed by this run
     failed: list[dict]
     skipped: list[dict]
     stats: dict
@@ -104,8 +104,8 @@ class PassSummary:
 
     def lines(self) -> list[str]:
         """A human summary naming every failed item and skipped sub-item."""
-        out = [f"{self.name}: {self.items_total} items, {self.items_done_before} already done, "
-               f"{self.items_new} new, {len(self.failed)} failed, {len(self.skipped)} sub-items skipped "
+        out = [f"{self.name}: {self.items_total} items, {len(self.done_before)} already done, "
+               f"{len(self.written)} new, {len(self.failed)} failed, {len(self.skipped)} sub-items skipped "
                f"({self.seconds:.1f} s) -> {self.out}"
                + ("" if self.manifest_written else "  [folder incomplete: no manifest]")]
         for f in self.failed:
@@ -385,7 +385,6 @@ def run_pass(p: ShardPass, items: list[PassItem] | None = None) -> PassSummary:
     U.makedirs(p.out)
     cleanup_stale(p.out, older_than_s=0.0)
     records = load_records(p)
-    selected = set(keys)
     before = [k for k in keys if k in records]
     todo = [it for it in items if it.key not in records]
     if todo and U.exists(U.join(p.out, MANIFEST_NAME)):
@@ -429,10 +428,9 @@ def run_pass(p: ShardPass, items: list[PassItem] | None = None) -> PassSummary:
     else:
         code = EXIT_OK
     summary = PassSummary(
-        name=p.name, out=p.out, items_total=len(keys), items_done_before=len(before),
-        items_new=sum(r.status == "written" for r in results), failed=failed, skipped=skipped, stats=stats,
+        name=p.name, out=p.out, items_total=len(keys), done_before=before,
+        written=sorted(r.key for r in results if r.status == "written"), failed=failed, skipped=skipped, stats=stats,
         manifest_written=manifest_written, seconds=time.perf_counter() - t0,
         nodes=sorted({r.node for r in results if r.node}), exit_code=code)
     atomic_write_json(U.join(p.out, SUMMARY_NAME), json.loads(json.dumps(summary.to_dict(), default=_jsonable)))
-    del selected
     return summary

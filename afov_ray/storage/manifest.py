@@ -146,3 +146,12 @@ def verify_manifest(dir_uri: str, check_unlisted: bool = True) -> list[str]:
             if name.endswith(".parquet") and name not in listed:
                 problems.append(f"{U.join(dir_uri, name)}: shard present but not in the manifest")
     return problems
+
+
+def write_folder_manifest(dir_uri: str, *, schema: str, schema_version: int, extra: dict[str, Any] | None = None
+                          ) -> dict[str, Any]:
+    """Describe every ``*.parquet`` shard present in a folder and write its manifest (for shard folders made
+    by other tools, or by hand, that a pass should accept as complete)."""
+    names = [n for n in U.listdir(dir_uri) if n.endswith(".parquet") and not n.startswith(("_", "."))]
+    return write_manifest(dir_uri, [shard_entry(dir_uri, n) for n in names], schema=schema,
+                          schema_version=schema_version, extra=extra)

@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 
 from afov_ray.datasets.inspect import _load_image, dataset_stats, format_stats, inspect_sweeps, project_points
-from afov_ray.pipeline.prepare import prepare
 from tests.storage.random_reader import RandomReader
+from tests.storage.random_reader import run_prepare_on as prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,9 +28,9 @@ def test_project_points_hand_computed():
 
 def test_stats_and_figures(tmp_path):
     reader = RandomReader(num_scenes=2, keyframes_per_scene=3, bad=("scene-0001/kf000",))
-    s = prepare(reader, str(tmp_path / "out"), use_ray=False, progress=False)
+    s = prepare(reader, str(tmp_path / "out"))
     kfs = [reader.read(k) for sc in reader.scenes() for k in reader.keyframe_ids(sc) if k != "scene-0001/kf000"]
-    stats = dataset_stats(s.sweeps_uri)
+    stats = dataset_stats(s.out)
     n = np.array([k.num_points for k in kfs])
     assert stats["keyframes"] == 5 and stats["scenes"] == 2 and stats["errors"] == 1
     assert stats["points"] == {"mean": float(n.mean()), "min": int(n.min()), "max": int(n.max()), "total": int(n.sum())}
@@ -50,7 +50,7 @@ def test_stats_and_figures(tmp_path):
     img, found = _load_image(str(dataroot), first.cameras[0].image_path, 160, 90)
     assert found and img.shape == (90, 160, 3) and img[0, 0, 0] == 200
     figs_dir = tmp_path / "figs"
-    res = inspect_sweeps(s.sweeps_uri, dataroot=str(dataroot), out=str(figs_dir), num_keyframes=2)
+    res = inspect_sweeps(s.out, dataroot=str(dataroot), out=str(figs_dir), num_keyframes=2)
     names = sorted(os.path.basename(f) for f in res["figures"])
     assert names == sorted([f"scene-0000_kf00{i}_{c}.png" for i in (0, 1) for c in ("CAM_FRONT", "CAM_BACK", "bev")])
     for f in res["figures"]:
@@ -60,8 +60,11 @@ def test_stats_and_figures(tmp_path):
 
 
 def test_cli(tmp_path):
-    s = prepare(RandomReader(num_scenes=1), str(tmp_path), use_ray=False, progress=False)
-    proc = subprocess.run([sys.executable, "jobs/inspect_data.py", "--sweeps", s.sweeps_uri, "--json"], cwd=ROOT,
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    s = prepare(RandomReader(num_scenes=1), str(tmp_path))
+    run = lambda *a: subprocess.run([sys.executable, "jobs/inspect_data.py", *a], cwd=ROOT,  # noqa: E731
+                                    capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    proc = run(f"sweeps={s.out}", "json=true")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["keyframes"] == 4
+    early = run(f"sweeps={tmp_path / 'not-prepared' / 'sweeps'}")   # inspect before prepare: one clear line
+    assert early.returncode == 1 and "run jobs/prepare.py first" in early.stderr and "Traceback" not in early.stderr

@@ -1,14 +1,15 @@
 """Batch inference, AFI at scale, evaluation and submission on a tiny generated nuScenes dataset.
 
 Real components throughout: the generator, prepare, the simulated teacher and the pairing pass build
-sweep + pairing shards; a random-init ``minkunet18`` saved with torch.save is loaded back; the AFI
-and predict passes run as Ray Data actor pools on a 2-CPU local Ray; the devkit reads the submission.
+sweep + pairing shards; a random-init ``minkunet18`` checkpoint (weights + its model contract) is loaded
+back; the predict and AFI passes run as Ray actor pools on a 2-CPU local Ray; the devkit reads the submission.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,18 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from afov_ray.config import ConfigError
 from afov_ray.errors import DataError
-from afov_ray.pipeline.predict import (PredictConfig, build_segmentation_model, predict_scans, predict_scene,
-                                   prediction_schema, read_prediction_shard, run_predict)
+from afov_ray.models.spec import ModelSpec
+from afov_ray.pipeline.predict import (PredictConfig, build_segmentation_model, load_for_predict, predict_scans,
+                                       run_predict)
+from afov_ray.pipeline.predictions import prediction_schema, read_prediction_shard
+from afov_ray.pipeline.shard_pass import ExecConfig
+from afov_ray.storage.manifest import write_folder_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 17
+LOCAL = ExecConfig(use_ray=False, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -40,45 +47,44 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """Generated dataroot -> sweep shards -> teacher shards -> pairing shards (no Ray)."""
-    from afov_ray.pipeline.prepare import prepare_dataset
+    """Generated dataroot -> sweep shards -> teacher shards -> pairing shards (the real passes, no Ray)."""
     from afov_ray.datasets.synth.config import SynthConfig
     from afov_ray.datasets.synth.nuscenes_writer import generate_nuscenes
-    from afov_ray.pipeline.pair import PairPassConfig, pair_scene
-    from afov_ray.storage.atomic import atomic_write_parquet
-    from afov_ray.pipeline.teacher import SimulatedTeacherActor, TeacherPassConfig, camera_items
+    from afov_ray.pipeline.pair import PairPassConfig, run_pair_pass
+    from afov_ray.pipeline.prepare import PrepareConfig, run_prepare
+    from afov_ray.pipeline.teacher import TeacherPassConfig, run_teacher_pass
 
     base = tmp_path_factory.mktemp("evaldata")
     cfg = SynthConfig(num_scenes=2, keyframes_per_scene=2, num_val_scenes=1, image_width=160, image_height=90,
                       num_beams=16, azimuth_steps=360)
     root = generate_nuscenes(base / "root", cfg)
-    prep = prepare_dataset("nuscenes", str(root), str(base / "prep"), version="v1.0-trainval", use_ray=False)
-    sweeps = prep.sweeps_uri
-    actor = SimulatedTeacherActor(TeacherPassConfig(dataroot=str(root)))
-    items = camera_items(sweeps)
-    scenes = sorted({i["scene"] for i in items})
-    for scene in scenes:
-        its = [i for i in items if i["scene"] == scene]
-        table = actor({k: np.array([i[k] for i in its]) for k in its[0]})
-        atomic_write_parquet(str(base / "teacher" / f"{scene}.parquet"), table)
-        pair_scene(os.path.join(sweeps, f"{scene}.parquet"), str(base / "teacher" / f"{scene}.parquet"),
-                   str(base / "pairing"), PairPassConfig())
-    return {"root": str(root), "sweeps": sweeps, "pairing": str(base / "pairing"), "scenes": scenes, "base": base}
+    prep = run_prepare(PrepareConfig(dataroot=str(root), write_splits=False, exec=LOCAL), str(base / "prep"))
+    t = run_teacher_pass(prep.out, str(base / "teacher"), TeacherPassConfig(dataroot=str(root), exec=LOCAL))
+    pair = run_pair_pass(prep.out, t.stats["run_uri"], str(base / "pairing"), PairPassConfig(exec=LOCAL))
+    assert prep.exit_code == t.exit_code == pair.exit_code == 0
+    return {"root": str(root), "sweeps": prep.out, "pairing": pair.out, "scenes": sorted(pair.written), "base": base}
+
+
+def _save(path: Path, state: dict, spec: ModelSpec | None) -> str:
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": state, "model_spec": None if spec is None else spec.to_dict()}, path / "state.pt")
+    return str(path)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A random-init minkunet18 state dict, and the same with a +100 bias on class 0."""
+    """Random-init minkunet18 checkpoints with their contract: plain, a +100 bias on class 0, and the plain
+    weights without a spec (an official-style checkpoint)."""
     from afov_ray.models.res16unet import build_model
 
     d = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     state = build_model("minkunet18", 1, NUM_CLASSES, "torch").state_dict()
-    torch.save(state, d / "plain.pt")
+    spec = ModelSpec(name="minkunet18", out_channels=NUM_CLASSES, voxel_size=0.1)
     biased = {k: v.clone() for k, v in state.items()}
     biased["final.bias"][0, 0] += 100.0
-    torch.save(biased, d / "biased.pt")
-    return {"plain": str(d / "plain.pt"), "biased": str(d / "biased.pt")}
+    return {"plain": _save(d / "plain", state, spec), "biased": _save(d / "biased", biased, spec),
+            "nospec": _save(d / "nospec", state, None), "spec": spec}
 
 
 @pytest.fixture(scope="module")
@@ -87,45 +93,61 @@ def ray_session():
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    from afov_ray.runtime import init_ray
+
+    init_ray(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
     yield ray
     ray.shutdown()
 
 
-def _cfg(model: str, **kw) -> PredictConfig:
-    return PredictConfig(model=model, model_name="minkunet18", **kw)
+def _cfg(model: str, ray: bool = False, **kw) -> PredictConfig:
+    return PredictConfig(model=model, exec=ExecConfig(use_ray=ray, progress=False, max_actors=2), **kw)
 
 
 def _read(path: str) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
+def _model(uri: str, **kw):
+    spec, state = load_for_predict(_cfg(uri, **kw))
+    return build_segmentation_model(spec, state), spec
+
+
 # ------------------------------------------------------------------------------------------------
 # inference
 
 
-def test_model_loads_strictly(models):
-    m = build_segmentation_model(_cfg(models["plain"]))
-    ref = torch.load(models["plain"], weights_only=True)
+def test_model_loads_strictly_from_its_contract(models):
+    m, spec = _model(models["plain"])
+    ref = torch.load(Path(models["plain"]) / "state.pt", weights_only=True)["model"]
     assert all(torch.equal(v, ref[k]) for k, v in m.state_dict().items())
-    assert not m.training
+    assert not m.training and spec == models["spec"]
     with pytest.raises(DataError, match="final"):
-        build_segmentation_model(_cfg(models["plain"], num_classes=20))  # head shape mismatch, named
+        build_segmentation_model(replace(spec, out_channels=20), ref)  # head shape mismatch, named
+    # a job setting that contradicts the model's contract: one line naming both values
+    with pytest.raises(ConfigError, match=r"predict.voxel_size.*0\.2.*voxel_size = 0\.1"):
+        load_for_predict(_cfg(models["plain"], voxel_size=0.2))
+    load_for_predict(_cfg(models["plain"], voxel_size=0.1, grid="cylindrical"))   # agreeing values are fine
+    # no contract (official checkpoint): the job's settings and the official defaults are used
+    spec0, _ = load_for_predict(_cfg(models["nospec"], name="minkunet18", voxel_size=0.2))
+    assert spec0.voxel_size == 0.2 and spec0.name == "minkunet18" and spec0.out_channels == 17
+    with pytest.raises(DataError, match="do not fit res16unet34c"):
+        load_for_predict(_cfg(models["nospec"]))   # no contract and no architecture given: named mismatch
 
 
 def test_predict_sweeps_shapes_determinism_and_grouping(data, models, tmp_path):
     from afov_ray.train.data import IngestConfig, collate, prepare_row
     from afov_ray.train.stages import predict_points
 
-    cfg = _cfg(models["plain"])
-    model = build_segmentation_model(cfg)
     scene = data["scenes"][0]
+    s1 = run_predict(data["sweeps"], str(tmp_path / "a"), _cfg(models["plain"], scenes=[scene]))
+    s2 = run_predict(data["sweeps"], str(tmp_path / "b"), _cfg(models["plain"], scenes=[scene], scans_per_forward=2))
+    assert s1.written == [scene] and s1.stats["scans"] == 2 and s1.exit_code == 0 and s2.exit_code == 0
+    model, spec = _model(models["plain"])
     src = os.path.join(data["sweeps"], f"{scene}.parquet")
-    s1 = predict_scene(model, src, str(tmp_path / "a.parquet"), cfg)
-    s2 = predict_scene(model, src, str(tmp_path / "b.parquet"), _cfg(models["plain"], scans_per_forward=2))
-    assert s1["kind"] == "sweeps" and s1["scans"] == 2 and not s1["errors"]
     sweeps = _read(src)
-    a, b = read_prediction_shard(str(tmp_path / "a.parquet")), read_prediction_shard(str(tmp_path / "b.parquet"))
+    a = read_prediction_shard(str(tmp_path / "a" / f"{scene}.parquet"))
+    b = read_prediction_shard(str(tmp_path / "b" / f"{scene}.parquet"))
     for sw, ra, rb in zip(sweeps, a, b):
         n = sw["num_points"]
         assert ra["lidar_token"] == sw["lidar_token"] and ra["num_points"] == n
@@ -141,20 +163,20 @@ def test_predict_sweeps_shapes_determinism_and_grouping(data, models, tmp_path):
         with torch.no_grad():
             ref = predict_points(model, batch, "cpu", suppress_class0=True).numpy()
         np.testing.assert_array_equal(ra["pred"], ref)
-    # deterministic: a second run gives identical bytes of predictions
-    predict_scene(model, src, str(tmp_path / "c.parquet"), cfg)
-    c = read_prediction_shard(str(tmp_path / "c.parquet"))
+    # deterministic: a second run gives identical predictions
+    run_predict(data["sweeps"], str(tmp_path / "c"), _cfg(models["plain"], scenes=[scene]))
+    c = read_prediction_shard(str(tmp_path / "c" / f"{scene}.parquet"))
     assert all(np.array_equal(x["pred"], y["pred"]) for x, y in zip(a, c))
 
 
 def test_class0_suppression(data, models):
     rows = _read(os.path.join(data["pairing"], f"{data['scenes'][0]}.parquet"))[:1]
     n = rows[0]["num_points"]
-    biased_off = predict_scans(build_segmentation_model(_cfg(models["biased"], suppress_class0=False)), rows,
-                               _cfg(models["biased"], suppress_class0=False))[0]["pred"]
-    biased_on = predict_scans(build_segmentation_model(_cfg(models["biased"])), rows, _cfg(models["biased"]))[0]
-    plain_on = predict_scans(build_segmentation_model(_cfg(models["plain"])), rows,
-                             _cfg(models["plain"], with_logits=True))[0]
+    biased, spec = _model(models["biased"])
+    plain, _ = _model(models["plain"])
+    biased_off = predict_scans(biased, rows, spec, suppress_class0=False)[0]["pred"]
+    biased_on = predict_scans(biased, rows, spec)[0]
+    plain_on = predict_scans(plain, rows, spec, with_logits=True)[0]
     assert (biased_off == 0).all()                      # the +100 bias wins everywhere without suppression
     assert biased_on["pred"].min() >= 1                 # suppressed: never 0 ...
     np.testing.assert_array_equal(biased_on["pred"], plain_on["pred"])  # ... and the class-0 bias is irrelevant
@@ -170,9 +192,9 @@ def test_predict_pool_pairing_join_skip_and_submission(data, models, ray_session
     from afov_ray.pipeline.export import SubmissionConfig, write_submission
 
     out = str(tmp_path / "pred")
-    cfg = _cfg(models["plain"], sweeps=data["sweeps"], max_actors=2)
-    s = run_predict(data["pairing"], out, cfg, progress=False)
-    assert s["scenes_new"] == 2 and s["scans"] == 4 and not s["errors"]
+    cfg = _cfg(models["plain"], ray=True, sweeps=data["sweeps"])
+    s = run_predict(data["pairing"], out, cfg)
+    assert s.written == data["scenes"] and s.stats["scans"] == 4 and s.exit_code == 0 and s.manifest_written
     for scene in data["scenes"]:
         pairing = {r["sample_token"]: r for r in _read(os.path.join(data["pairing"], f"{scene}.parquet"))}
         sweeps = {r["sample_token"]: r for r in _read(os.path.join(data["sweeps"], f"{scene}.parquet"))}
@@ -182,8 +204,8 @@ def test_predict_pool_pairing_join_skip_and_submission(data, models, ray_session
             np.testing.assert_array_equal(r["visible"], np.asarray(p["superpoint"]) >= 0)
             np.testing.assert_array_equal(r["pseudo"], np.asarray(p["pseudo"], np.uint8))
             assert r["pred"].shape == (p["num_points"],) and r["pred"].min() >= 1
-    again = run_predict(data["pairing"], out, cfg, progress=False)
-    assert again["scenes_new"] == 0 and again["scenes_done"] == 2           # committed scenes skipped
+    again = run_predict(data["pairing"], out, cfg)
+    assert again.written == [] and again.done_before == data["scenes"]       # committed scenes skipped
 
     # submission for the val split: byte counts, devkit reader, devkit validator
     val = [sc for sc in data["scenes"] if sc in create_splits_scenes()["val"]]
@@ -205,9 +227,7 @@ def test_predict_pool_pairing_join_skip_and_submission(data, models, ray_session
 
     # predictions with class 0 cannot be submitted: DataError naming the scan
     out0 = str(tmp_path / "pred0")
-    src = os.path.join(data["pairing"], f"{val[0]}.parquet")
-    bcfg = _cfg(models["biased"], suppress_class0=False)
-    predict_scene(build_segmentation_model(bcfg), src, os.path.join(out0, f"{val[0]}.parquet"), bcfg)
+    run_predict(data["pairing"], out0, _cfg(models["biased"], suppress_class0=False, scenes=[val[0]]))
     with pytest.raises(DataError, match=val[0]):
         write_submission(out0, str(tmp_path / "sub0"), SubmissionConfig(split="val"))
 
@@ -220,6 +240,7 @@ def _write_rows(path: str, rows: list[dict]) -> None:
     from afov_ray.storage.atomic import atomic_write_parquet
 
     atomic_write_parquet(path, pa.Table.from_pylist(rows, schema=prediction_schema()))
+    write_folder_manifest(os.path.dirname(path), schema="predictions", schema_version=1)
 
 
 @pytest.fixture(scope="module")
@@ -289,10 +310,11 @@ def test_afi_pool_improves_noisy_labels_and_isolates_bad_scans(noisy, ray_sessio
     from afov_ray.pipeline.refine import AFIPassConfig, run_afi_pass
 
     out = str(tmp_path / "afi")
-    s = run_afi_pass(noisy, out, AFIPassConfig(max_actors=2), progress=False)
-    assert s["scenes_new"] == 3 and s["scans"] == 5 and s["scans_failed"] == 3
+    s = run_afi_pass(noisy, out, AFIPassConfig(exec=ExecConfig(max_actors=2, progress=False)))
+    assert len(s.written) == 3 and s.stats["scans"] == 5 and len(s.skipped) == 3 and s.exit_code == 1
     errs = [json.loads(line) for line in (Path(out) / "_errors.jsonl").read_text().splitlines()]
     assert sorted(e["item"] for e in errs) == ["scene-bad/tok-label", "scene-bad/tok-nan", "scene-bad/tok-short"]
+    assert any("skipped scene-bad/tok-short" in line for line in s.lines())
     assert any("prediction count" in e["message"] for e in errs)
     assert [r["sample_token"] for r in read_prediction_shard(os.path.join(out, "scene-bad.parquet"))] == ["tok-good"]
     rows = [r for f in sorted(Path(out).glob("scene-0*.parquet")) for r in read_prediction_shard(str(f))]
@@ -300,14 +322,14 @@ def test_afi_pool_improves_noisy_labels_and_isolates_bad_scans(noisy, ray_sessio
     for r in rows:
         changed = float((r["pred_afi"] != r["pred"]).mean())
         assert r["afi_changed"] == pytest.approx(changed)
-        assert s["per_scan"][f"{r['scene']}/{r['sample_token']}"]["changed_fraction"] == pytest.approx(changed)
+        assert s.stats["per_scan"][f"{r['scene']}/{r['sample_token']}"]["changed_fraction"] == pytest.approx(changed)
     acc_raw, acc_afi = _accuracy(rows, "pred"), _accuracy(rows, "pred_afi")
     assert acc_raw == pytest.approx(0.8, abs=0.03)
     assert acc_afi > acc_raw + 0.03                               # AFI repairs label noise on flat structure
     summary = json.loads((Path(out) / "_summary.json").read_text())
-    assert summary["scans"] == 5 and summary["mean_changed_fraction"] > 0
-    again = run_afi_pass(noisy, out, AFIPassConfig(), progress=False)
-    assert again["scenes_new"] == 0
+    assert summary["stats"]["scans"] == 5 and summary["stats"]["mean_changed_fraction"] > 0
+    again = run_afi_pass(noisy, out, AFIPassConfig(exec=ExecConfig(progress=False)))
+    assert again.written == [] and len(again.done_before) == 3
 
     # seeded 2D assist: same result twice, and it differs from no assist
     from afov_ray.afi.config import AFIConfig
@@ -349,12 +371,13 @@ def test_afi_pool_improves_noisy_labels_and_isolates_bad_scans(noisy, ray_sessio
 
     run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(doc["mlflow_run_id"])
     assert run.data.metrics["pred_afi/all/mIoU"] == pytest.approx(src["pred_afi"]["all"]["miou"])
+    assert "pred_afi/all/iou/driveable_surface" in run.data.metrics   # per-class metrics named by class
 
 
 def test_evaluate_records_bad_scans_and_draws_camera_plot(noisy, data, tmp_path):
     from afov_ray.pipeline.evaluate import EvaluateConfig, run_evaluate
 
-    cfg = EvaluateConfig(sources=["pred"], sweeps=data["sweeps"], dataroot=data["root"], bev_scans=1)
+    cfg = EvaluateConfig(sources=["pred"], sweeps=data["sweeps"], dataroot=data["root"], bev_scans=1, exec=LOCAL)
     doc = run_evaluate(noisy, str(tmp_path / "ev"), cfg)
     assert sorted(e["item"] for e in doc["errors"]) == ["scene-bad/tok-label", "scene-bad/tok-short"]
     assert doc["scans"] == 6                      # 4 generated + tok-good + tok-nan (NaN xyz is fine to score)
@@ -362,21 +385,14 @@ def test_evaluate_records_bad_scans_and_draws_camera_plot(noisy, data, tmp_path)
     assert len(cams) == 1 and Path(cams[0]).stat().st_size > 0
 
 
-def test_evaluate_job_cli(noisy, ray_session, tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
-    job = importlib.util.module_from_spec(spec)
+def test_evaluate_job_cli(noisy, tmp_path):
+    import subprocess
     import sys
 
-    sys.modules[spec.name] = job  # dataclasses resolve field types through the module
-    try:
-        spec.loader.exec_module(job)
-        rc = job.main([f"pred={noisy}", f"out={tmp_path / 'ev'}", "eval.plots=false", "eval.sources=[pred]",
-                       "eval.empty_union=nan"])
-    finally:
-        sys.modules.pop(spec.name, None)
-    assert rc == 1                                  # the two bad scans are reported
+    proc = subprocess.run([sys.executable, "jobs/evaluate.py", f"pred={noisy}", f"out={tmp_path / 'ev'}",
+                           "eval.plots=false", "eval.sources=[pred]", "eval.empty_union=nan", "eval.exec.use_ray=false"],
+                          cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 1, proc.stderr        # the two bad scans are reported
     doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert doc["config"]["empty_union"] == "nan" and set(doc["sources"]) == {"pred"}
-    assert "ERROR scene-bad/tok-short" in capsys.readouterr().out
+    assert "skipped scene-bad/tok-short" in proc.stdout

@@ -92,3 +92,15 @@ def assert_same_keyframe(a: Keyframe, b: Keyframe) -> None:
             (cb.channel, cb.token, cb.image_path, cb.width, cb.height, cb.timestamp)
         np.testing.assert_array_equal(ca.K, cb.K)
         np.testing.assert_array_equal(ca.lidar_to_cam, cb.lidar_to_cam)
+
+
+def run_prepare_on(reader, out: str, *, use_ray: bool = False, rows_per_group: int = 32, scenes=None,
+                   write_splits: bool = False):
+    """``run_prepare`` with a test reader (no real dataroot): returns the pass summary."""
+    from afov_ray.pipeline.prepare import PrepareConfig, run_prepare
+    from afov_ray.pipeline.shard_pass import ExecConfig
+
+    cfg = PrepareConfig(dataset=reader.dataset, dataroot=reader.dataroot, rows_per_group=rows_per_group,
+                        scenes=scenes, write_splits=write_splits,
+                        exec=ExecConfig(use_ray=use_ray, progress=False))
+    return run_prepare(cfg, out, reader)

@@ -2,12 +2,12 @@
 
 import pytest
 
-from afov_ray.pipeline.prepare import prepare
 from afov_ray.storage import uri as U
 from afov_ray.storage.manifest import verify_manifest
 from afov_ray.datasets.sweeps import batch_to_keyframes, row_to_keyframe
 from tests.s3_fixture import s3_bucket, s3_server  # noqa: F401
 from tests.storage.random_reader import RandomReader, assert_same_keyframe
+from tests.storage.random_reader import run_prepare_on as prepare
 
 pytestmark = pytest.mark.ray
 
@@ -30,14 +30,14 @@ def test_prepare_with_ray_to_s3_and_read_back(ray_session, s3_bucket):
     ray = ray_session
     reader = RandomReader(num_scenes=3, keyframes_per_scene=3, bad=("scene-0002/kf001",))
     out = U.join(s3_bucket, "prep")
-    s = prepare(reader, out, use_ray=True, progress=False)
-    assert s.scenes_written == ["scene-0000", "scene-0001", "scene-0002"] and s.scenes_failed == []
-    assert s.keyframes_total == 8 and [e["item"] for e in s.errors] == ["scene-0002/kf001"]
-    assert verify_manifest(s.sweeps_uri) == []
+    s = prepare(reader, out, use_ray=True)
+    assert s.written == ["scene-0000", "scene-0001", "scene-0002"] and s.failed == []
+    assert s.stats["keyframes"] == 8 and [e["item"] for e in s.skipped] == ["scene-0002/kf001"]
+    assert verify_manifest(s.out) == []
     assert ray.is_initialized()  # prepare used the running Ray and left it up
 
-    fs, _ = U.resolve(s.sweeps_uri)
-    ds = ray.data.read_parquet(s.sweeps_uri, filesystem=fs).materialize()  # ignores _manifest/_errors/_done
+    fs, _ = U.resolve(s.out)
+    ds = ray.data.read_parquet(s.out, filesystem=fs).materialize()  # ignores _manifest/_errors/_done
     assert ds.count() == 8
     expected = {k: reader.read(k) for sc in reader.scenes() for k in reader.keyframe_ids(sc)
                 if k != "scene-0002/kf001"}

@@ -5,13 +5,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from afov_ray.pipeline.prepare import prepare
 from afov_ray.storage import uri as U
 from afov_ray.storage.atomic import AtomicParquetWriter, atomic_write_json, cleanup_stale
 from afov_ray.storage.manifest import read_manifest, verify_manifest
 from afov_ray.datasets.sweeps import keyframes_to_table, sweeps_schema, table_to_keyframes
 from tests.s3_fixture import s3_bucket, s3_server  # noqa: F401
 from tests.storage.random_reader import RandomReader, assert_same_keyframe
+from tests.storage.random_reader import run_prepare_on as prepare
 
 
 def _keys(bucket_uri, prefix=""):
@@ -62,22 +62,22 @@ def test_shards_write_read_pyarrow_and_boto3_listing(s3_bucket):
 
 def test_prepare_to_s3_resume_and_verify(s3_bucket):
     out = U.join(s3_bucket, "run1")
-    s = prepare(RandomReader(num_scenes=2, bad=("scene-0000/kf003",)), out, use_ray=False, progress=False)
-    assert s.manifest_written and s.keyframes_total == 7
-    assert verify_manifest(s.sweeps_uri) == []
-    man = read_manifest(s.sweeps_uri)
+    s = prepare(RandomReader(num_scenes=2, bad=("scene-0000/kf003",)), out)
+    assert s.manifest_written and s.stats["keyframes"] == 7
+    assert verify_manifest(s.out) == []
+    man = read_manifest(s.out)
     assert [x["name"] for x in man["shards"]] == ["scene-0000.parquet", "scene-0001.parquet"]
     keys = _keys(s3_bucket, "run1/")
     assert "run1/sweeps/_errors.jsonl" in keys and not any("_tmp" in k for k in keys)
-    assert b"scene-0000/kf003" in U.read_bytes(U.join(s.sweeps_uri, "_errors.jsonl"))
+    assert b"scene-0000/kf003" in U.read_bytes(U.join(s.out, "_errors.jsonl"))
     # tamper with a shard on S3: verify names it
-    U.write_bytes(U.join(s.sweeps_uri, "scene-0001.parquet"),
-                  U.read_bytes(U.join(s.sweeps_uri, "scene-0000.parquet")))
-    assert any("scene-0001.parquet" in p for p in verify_manifest(s.sweeps_uri))
-    s2 = prepare(RandomReader(num_scenes=3, bad=("scene-0000/kf003",)), out, use_ray=False, progress=False)
+    U.write_bytes(U.join(s.out, "scene-0001.parquet"),
+                  U.read_bytes(U.join(s.out, "scene-0000.parquet")))
+    assert any("scene-0001.parquet" in p for p in verify_manifest(s.out))
+    s2 = prepare(RandomReader(num_scenes=3, bad=("scene-0000/kf003",)), out)
     # scene-0001's size changed -> redone; scene-0002 new; scene-0000 skipped
-    assert s2.scenes_skipped == ["scene-0000"] and s2.scenes_written == ["scene-0001", "scene-0002"]
-    assert verify_manifest(s2.sweeps_uri) == [] and s2.keyframes_total == 11
+    assert s2.done_before == ["scene-0000"] and s2.written == ["scene-0001", "scene-0002"]
+    assert verify_manifest(s2.out) == [] and s2.stats["keyframes"] == 11
 
 
 def test_pyarrow_table_roundtrip_plain(s3_bucket):

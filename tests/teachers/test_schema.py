@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from afov_ray.storage.atomic import atomic_write_parquet
 import pytest
 
 from afov_ray.errors import DataError
@@ -20,7 +22,8 @@ from afov_ray.teachers.schema import (
     read_scene_shard,
     to_table,
     write_run,
-    write_scene_shard,
+    images_table,
+    read_run_record,
 )
 
 
@@ -75,8 +78,8 @@ def test_table_roundtrip_and_shard(tmp_path):
     assert_same(b, from_row(rows[1]))
     assert from_row(rows[1]).mask_map.dtype == np.uint16
 
-    path = write_scene_shard(tmp_path / "run", "scene1", [a], num_texts=175, run_id="san-abc")
-    assert path == tmp_path / "run" / "images" / "scene1.parquet"
+    path = tmp_path / "run" / "images" / "scene1.parquet"
+    atomic_write_parquet(str(path), images_table([a], num_texts=175, run_id="san-abc"))
     assert pq.read_schema(path).metadata[b"afov.run_id"] == b"san-abc"
     (back,) = read_scene_shard(path)
     assert_same(a, back)
@@ -92,8 +95,9 @@ def test_run_versioning_and_text_table(tmp_path):
     text = TextEmbeddingTable(emb, void_row=True, num_texts=175)
     assert text.vocabulary_rows.shape == (175, 768)
     np.testing.assert_array_equal(text.void, emb[175])
-    folder = write_run(tmp_path, run, text)
-    assert folder.name == run.run_id
+    folder = write_run(tmp_path, run, text, extra={"weights_sha256": "abc"})
+    assert folder == str(tmp_path / run.run_id)
+    assert read_run_record(folder)["weights_sha256"] == "abc"
     run2, text2 = read_run(folder)
     assert run2 == run and text2.void_row and text2.num_texts == 175
     np.testing.assert_array_equal(text2.embeddings, emb)
@@ -130,10 +134,14 @@ def test_validation_errors_name_sample_and_camera():
         make_image(d=16).validate(175, 768)
 
 
-def test_shard_writer_refuses_invalid_image(tmp_path):
+def test_shard_table_refuses_invalid_image(tmp_path):
     bad = make_image(camera="CAM_BACK_LEFT")
     bad.text_index[0] = -1
     with pytest.raises(DataError) as e:
-        write_scene_shard(tmp_path, "scene1", [make_image(), bad], num_texts=175)
+        images_table([make_image(), bad], num_texts=175)
     assert e.value.item == "s1/CAM_BACK_LEFT"
-    assert not (tmp_path / "images" / "scene1.parquet").exists()
+
+
+def test_missing_run_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="run.json missing"):
+        read_run(tmp_path / "no-such-run")
