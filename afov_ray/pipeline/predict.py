@@ -57,7 +57,7 @@ from afov_ray.pipeline.shard_pass import ExecConfig, ItemResult, PassItem, PassS
 from afov_ray.runtime import RayKeys, init_ray
 from afov_ray.storage import shards as S
 from afov_ray.train.data import IngestConfig, collate, prepare_row
-from afov_ray.train.tracking import load_model
+from afov_ray.train.registry import load_model
 
 
 @dataclass

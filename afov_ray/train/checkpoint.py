@@ -31,7 +31,8 @@ def save_checkpoint(directory: str | Path, *, model_state: dict, epoch: int, ste
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(str(d / STATE_FILE), buf.getvalue())
-    meta = {"epoch": int(epoch), "step": int(step), "metrics": _plain(metrics or {}), "model_spec": model_spec}
+    meta = {"epoch": int(epoch), "step": int(step), "metrics": _plain(metrics or {}), "model_spec": model_spec,
+            "mlflow_run_id": (config or {}).get("mlflow_run_id")}
     atomic_write_json(str(d / META_FILE), meta, indent=1)
     _drop_tmp_dir(d)
     return d

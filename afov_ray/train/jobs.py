@@ -15,10 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from afov_ray.cli import run_job
-from afov_ray.config import config_hash, option, section
+from afov_ray.config import ConfigError, config_hash, option, section, to_dict, validate
 from afov_ray.datasets.splits import read_split_file
 from afov_ray.errors import DataError
 from afov_ray.runtime import init_ray
+from afov_ray.storage import shards as S
 from afov_ray.train.data import IngestConfig, scan_dataset
 from afov_ray.train.optim import OptimConfig
 from afov_ray.train.runner import LoopConfig, RunSettings, ScaleConfig, run_stage
@@ -29,6 +30,7 @@ from afov_ray.train.tracking import TrackingConfig, git_commit
 @dataclass
 class DataConfig:
     pairing: str = option("outputs/demo/pairing", "pairing shards folder URI (local or s3://)")
+    require_manifest: bool = option(True, "the pairing folder must be complete (have _manifest.json)")
     split_file: str | None = option(None, "split file (JSON, written by prepare); None = all scenes")
     train_split: str = option("train", "split trained on (train, train_1pct, ...)")
     val_split: str | None = option("val", "split validated on each epoch (segmentation stages); None: none")
@@ -86,20 +88,59 @@ def job_lineage(cfg: TrainJob) -> dict[str, str]:
 
     return {"config_hash": config_hash(cfg), "git_commit": git_commit()}
 
+# columns each kind reads from the pairing shards
+REQUIRED_COLUMNS = {
+    "tmp": ["sample_token", "scene", "num_points", "points", "pseudo", "pair_point", "pair_superpixel", "sp_id",
+            "sp_text", "sp_feat", "feat_dim"],
+    "distill": ["sample_token", "scene", "num_points", "points", "pseudo"],
+    "finetune": ["sample_token", "scene", "num_points", "points", "labels"],
+}
+
+
+def check_data(kind: str, cfg: TrainJob) -> int:
+    """Driver-side checks of the training data before Ray Train starts: the pairing folder (manifest,
+    names, schema of the first shard), the splits, and enough scans for one step. Returns the number of
+    training scans (from the manifest)."""
+    shards = S.open_folder(cfg.data.pairing, require_manifest=cfg.data.require_manifest, what="pairing folder")
+    train = S.select(shards, split_scenes(cfg.data, cfg.data.train_split))
+    if not train:
+        raise DataError(cfg.data.pairing, f"no shard of split {cfg.data.train_split!r} in the pairing folder")
+    first = next(iter(train.values()))
+    S.require_columns(S.read_schema(first), REQUIRED_COLUMNS[kind], first.uri, "pairing shard")
+    if cfg.data.val_split and cfg.data.split_file and kind != "tmp":
+        if not S.select(shards, split_scenes(cfg.data, cfg.data.val_split)):
+            raise DataError(cfg.data.pairing, f"no shard of split {cfg.data.val_split!r} (data.val_split)")
+    rows = sum(s.entry.rows for s in train.values() if s.entry is not None)
+    need = cfg.loop.batch_size * cfg.scale.num_workers
+    if all(s.entry is not None for s in train.values()) and rows < need:
+        raise ConfigError(f"config key 'loop.batch_size': {cfg.loop.batch_size} scans x {cfg.scale.num_workers} "
+                          f"workers per step, but split {cfg.data.train_split!r} has {rows} scans: not one step "
+                          f"would run")
+    return rows
+
+
 def run_train_job(kind: str, cfg: TrainJob, callbacks: list | None = None, lineage: dict | None = None):
     """kind: "tmp" | "distill" | "finetune" (fine-tuning or, with loop.linear_probe, linear probing).
 
+    Everything that can be checked is checked here, on the driver, before a worker starts: the data, the
+    stage's inputs (teacher run, text table), the initial weights (loaded once and shipped to the workers).
     ``callbacks`` go to the Train ``RunConfig`` (a Tune trial passes ``TuneReportCallback``);
-    ``lineage`` adds tags to the registered model beside the stage's and the job's own."""
-
+    ``lineage`` adds tags to the run and the registered model beside the stage's and the job's own."""
+    validate(cfg)
     stage = make_stage(kind, cfg)
+    rows = check_data(kind, cfg)
+    stage.check_inputs()
+    init_state = stage.init_state()
     init_ray(cfg.scale.address)
     if kind == "tmp":
         datasets = build_datasets(cfg, with_pairings=True, train_target="pseudo")
     else:
         datasets = build_datasets(cfg, with_pairings=False, train_target="pseudo" if kind == "distill" else "gt")
+    steps = rows // max(cfg.loop.batch_size * cfg.scale.num_workers, 1) if rows else None
     return run_stage(stage, cfg.loop, cfg.scale, cfg.run, datasets, callbacks=callbacks,
-                     lineage={**job_lineage(cfg), **(lineage or {})})
+                     lineage={**job_lineage(cfg), **(lineage or {})}, job_config=to_dict(cfg),
+                     init_state=init_state, steps_per_epoch=steps)
+
 
 __all__ = ["DataConfig", "TrainJob", "run_train_job", "make_stage", "job_lineage", "TRAIN_KINDS", "job_main",
            "OptimConfig", "TrackingConfig"]

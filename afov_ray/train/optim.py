@@ -33,8 +33,8 @@ HEAD_PREFIX = "final."
 class OptimConfig:
     optimizer: Literal["sgd", "adamw"] = option("sgd", "sgd (official) | adamw (ours: far fewer steps to a usable "
                                                        "model at small budgets)")
-    lr: float = option(0.02, "base learning rate (body, or all when lr_head is null)", gt=0)
-    lr_head: float | None = option(2.0, "learning rate of final.* (null: one group)", gt=0)
+    lr: float = option(0.02, "base learning rate (body, or all when lr_head is null)", min=0)
+    lr_head: float | None = option(2.0, "learning rate of final.* (null: one group)", min=0)
     momentum: float = option(0.9, "SGD momentum", min=0, max=1)
     dampening: float = option(0.1, "SGD dampening (official 0.1)", min=0, max=1)
     weight_decay: float = option(1e-4, "weight decay (coupled for SGD, decoupled for AdamW)", min=0)

@@ -19,6 +19,7 @@ user's ``ScalingConfig`` / ``RunConfig`` (storage path local or ``s3://``, ``Che
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -27,16 +28,19 @@ from typing import Any, Iterator
 
 import torch
 
-from afov_ray.config import option
-from afov_ray.log import format_duration, get_logger
+from afov_ray.config import ConfigError, option, validate
+from afov_ray.errors import DataError
+from afov_ray.log import format_duration, get_logger, worker_progress
 from afov_ray.models.checkpoint import load_official_checkpoint
 from afov_ray.models.spec import ModelSpec
 from afov_ray.runtime import init_ray, require_resources
 from afov_ray.train.checkpoint import load_checkpoint, save_checkpoint
 from afov_ray.train.optim import CosineSchedule, OptimConfig, build_optimizer, freeze_for_linear_probe
-from afov_ray.train.tracking import Tracker, TrackingConfig
+from afov_ray.train.registry import register
+from afov_ray.train.tracking import Tracker, TrackingConfig, check_connection, log_job_config
 
 log = get_logger(__name__)
+SCORE = "afov/score"   # the checkpoint ranking metric: validation mIoU (TMP: minus the training loss)
 
 @dataclass
 class ScaleConfig:
@@ -80,16 +84,20 @@ class Stage:
 
     name = "stage"
 
-    def model_spec(self) -> ModelSpec:
+    def model_spec(self) -> ModelSpec | None:
         """The contract of the model this stage trains (stored in checkpoints and registered models)."""
-        raise NotImplementedError
+        return None
 
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
     def init_state(self) -> dict | None:
-        """An initial state dict (e.g. from the registry) loaded shape-filtered, or None."""
+        """An initial state dict (e.g. from the registry), loaded on the driver and shape-filtered into the
+        model on the workers, or None."""
         return None
+
+    def check_inputs(self) -> None:
+        """Driver-side checks of the stage's own inputs (e.g. the teacher run), before any worker starts."""
 
     def batches(self, shard, batch_size: int, epoch: int) -> Iterator[Any]:
         """Iterate the worker's data shard (a Ray DataIterator) as model-ready batches."""
@@ -126,8 +134,42 @@ def allreduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
             t /= dist.get_world_size()
     return t
 
+NO_SCORE = -1e30   # checkpoints of epochs without validation rank below every validated one
+
+
+def _kv_get(key: str) -> str | None:
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+    if not key or not _internal_kv_initialized():
+        return None
+    v = _internal_kv_get(key, namespace="afov")
+    return v.decode() if v else None
+
+
+def _kv_put(key: str, value: str) -> None:
+    from ray.experimental.internal_kv import _internal_kv_initialized, _internal_kv_put
+
+    if key and _internal_kv_initialized():
+        _internal_kv_put(key, value.encode(), overwrite=True, namespace="afov")
+
+
 def stage_loop(config: dict) -> None:
-    """``train_loop_per_worker`` for every stage. ``config`` = {"stage": Stage, "loop": LoopConfig}."""
+    """``train_loop_per_worker`` for every stage.
+
+    A ``ConfigError`` / ``DataError`` (bad data or settings, found in a worker) is recorded in the cluster's
+    key-value store before the worker fails; a worker group that Ray restarts after it (``run.max_failures``)
+    finds the record and stops at once instead of repeating the same error, and the driver raises it."""
+    error_key = config.get("error_key", "")
+    if _kv_get(error_key):
+        return
+    try:
+        _stage_loop(config)
+    except (ConfigError, DataError) as e:
+        _kv_put(error_key, json.dumps({"type": type(e).__name__, "message": str(e)}))
+        raise
+
+
+def _stage_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
@@ -140,10 +182,9 @@ def stage_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
 
     model = stage.build_model()
-    init = stage.init_state()
+    init = ray.get(config["init_ref"]) if config.get("init_ref") is not None else None
     if init is not None:
-        # shape-filtered, official prefixes stripped (afov-reference.md 5.4): a TMP 768-d head is skipped
-
+        # shape-filtered, official prefixes stripped (docs/method.md#initialisation): a TMP 768-d head is skipped
         load_official_checkpoint(model, init)
     if loop.linear_probe:
         freeze_for_linear_probe(model)
@@ -153,9 +194,11 @@ def stage_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
     inner = model.module if hasattr(model, "module") else model
     optimizer = build_optimizer(inner, loop.optim)
-    schedule = CosineSchedule(optimizer, loop.num_epochs, per_iteration=loop.optim.per_iteration_schedule)
+    steps_hint = int(config.get("steps_per_epoch") or 0)
+    schedule = CosineSchedule(optimizer, loop.num_epochs, steps_per_epoch=max(steps_hint, 1),
+                              per_iteration=loop.optim.per_iteration_schedule)
 
-    start_epoch, step, skip_in_epoch, run_id = 0, 0, 0, None
+    start_epoch, step, skip_in_epoch = 0, 0, 0
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -165,11 +208,12 @@ def stage_loop(config: dict) -> None:
         schedule.load_state_dict(st["schedule"])
         start_epoch, step = st["epoch"], st["step"]
         skip_in_epoch = int(st["config"].get("steps_done_in_epoch", 0))
-        run_id = st["config"].get("mlflow_run_id")
+        if rank == 0:
+            log.info("%s: resumed from the checkpoint of epoch %d, step %d", stage.name, start_epoch, step)
 
+    run_id = config.get("mlflow_run_id")
     tracker = Tracker(loop.tracking, rank=rank)
-    run_id = tracker.start(params={"stage": stage.name, **stage.params(), "world_size": world},
-                           tags=config.get("lineage"), run_id=run_id)
+    tracker.attach(run_id)
     shard = ray.train.get_dataset_shard("train")
     val_shard = None
     try:
@@ -177,7 +221,8 @@ def stage_loop(config: dict) -> None:
     except Exception:  # noqa: BLE001 - no validation dataset
         val_shard = None
 
-    spec = stage.model_spec().to_dict()
+    spec_obj = stage.model_spec()
+    spec = None if spec_obj is None else spec_obj.to_dict()
 
     def report(epoch_done: int, steps_in_epoch: int, metrics: dict) -> None:
         with tempfile.TemporaryDirectory() as td:
@@ -193,10 +238,12 @@ def stage_loop(config: dict) -> None:
     epoch_times: list[float] = []
     for epoch in range(start_epoch, loop.num_epochs):
         if loop.linear_probe:
-            model.eval()  # BN statistics frozen (afov-reference.md 6.2)
+            model.eval()  # BN statistics frozen (official linear probing)
         else:
             model.train()
         t_epoch, wait, n_steps, loss_sum, losses = time.perf_counter(), 0.0, 0, 0.0, []
+        bar = worker_progress(total=steps_hint, desc=f"{stage.name} epoch {epoch + 1}/{loop.num_epochs}",
+                              enabled=rank == 0 and steps_hint > 1)
         t0 = time.perf_counter()
         for i, batch in enumerate(stage.batches(shard, loop.batch_size, epoch)):
             if i < skip_in_epoch:
@@ -211,16 +258,19 @@ def stage_loop(config: dict) -> None:
             schedule.step_iteration()
             step += 1
             n_steps += 1
+            bar.update(1)
             global_loss = float(allreduce_(loss.detach().clone().float(), "mean"))
             loss_sum += global_loss
             losses.append(global_loss)
             if step % max(loop.log_every_steps, 1) == 0:
                 tracker.log_metrics({"train/loss": global_loss, **{f"train/{k}": v for k, v in logs.items()},
-                                     "lr": schedule.lrs()[0]}, step=step)
+                                     "lr": schedule.lrs()[0]}, step=step, step_metric=True)
             if loop_every := config.get("checkpoint_every_steps", 0):
                 if step % loop_every == 0:
-                    report(epoch, i + 1, {"epoch": epoch, "step": step, "train/loss": global_loss})
+                    report(epoch, i + 1, {"epoch": epoch, "step": step, "train/loss": global_loss,
+                                          SCORE: NO_SCORE})
             t0 = time.perf_counter()
+        bar.close()
         skip_in_epoch = 0
         schedule.step_epoch()
         elapsed = time.perf_counter() - t_epoch
@@ -228,20 +278,26 @@ def stage_loop(config: dict) -> None:
                    "train/losses": losses,
                    "train/steps": n_steps, "train/data_wait_fraction": wait / max(elapsed, 1e-9),
                    "train/epoch_s": elapsed, "train/torch_threads": torch.get_num_threads()}
-        if val_shard is not None and ((epoch + 1) % loop.val_every_epochs == 0 or epoch + 1 == loop.num_epochs):
+        validated = val_shard is not None and ((epoch + 1) % loop.val_every_epochs == 0
+                                               or epoch + 1 == loop.num_epochs)
+        if validated:
             model.eval()
             with torch.no_grad():
                 metrics.update({f"val/{k}": v for k, v in stage.validate(model, val_shard, device).items()})
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        metrics[SCORE] = (float(metrics.get("val/mIoU", NO_SCORE)) if val_shard is not None
+                          else -float(metrics["train/loss_epoch"]))
+        if not validated and val_shard is not None:
+            metrics[SCORE] = NO_SCORE
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != SCORE}, step=step)
         if rank == 0:
             epoch_times.append(elapsed)
             log.info(epoch_line(stage.name, epoch, loop.num_epochs, n_steps, metrics, epoch_times,
                                 loop.batch_size * world))
         report(epoch + 1, 0, metrics)
-    if rank == 0 and loop.tracking.register_as:
-        tracker.register_model(inner.cpu(), tags=config.get("lineage") or {"stage": stage.name},
-                               spec=stage.model_spec())
-    tracker.end()
+    tracker.flush()
+    if tracker.lost_metrics:
+        log.warning("%s: %d metric values could not be logged to MLflow", stage.name, tracker.lost_metrics)
+
 
 def epoch_line(stage: str, epoch: int, num_epochs: int, steps: int, metrics: dict, epoch_times: list[float],
                scans_per_step: int) -> str:
@@ -254,16 +310,102 @@ def epoch_line(stage: str, epoch: int, num_epochs: int, steps: int, metrics: dic
             + f", {steps * scans_per_step / max(secs, 1e-9):.2f} scans/s, data wait "
               f"{metrics['train/data_wait_fraction']:.0%}, {format_duration(secs)}/epoch, ~{format_duration(left)} left")
 
-def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettings,
-              datasets: dict, val_split: bool = True, callbacks: list | None = None, lineage: dict | None = None):
-    """Build and fit the ``TorchTrainer``; returns the Ray ``Result``.
+@dataclass
+class StageResult:
+    """What a fit produced: the Ray ``Result``, the MLflow run, the best checkpoint (by validation mIoU, else by
+    training loss) and the registered model version."""
 
-    ``callbacks``: Ray Train V2 ``UserCallback``s for the ``RunConfig`` (e.g. Tune's
-    ``TuneReportCallback`` when called from a Tune trial); ``lineage``: extra tags for the registered
-    model (merged over ``{"stage": ..., **stage.lineage()}``)."""
+    result: Any
+    run_id: str | None = None
+    best_checkpoint: Any = None
+    best_metrics: dict | None = None
+    registration: Any = None
+
+    @property
+    def error(self):
+        return self.result.error
+
+    @property
+    def metrics(self):
+        return self.result.metrics
+
+    @property
+    def checkpoint(self):
+        return self.result.checkpoint
+
+    @property
+    def metrics_dataframe(self):
+        return self.result.metrics_dataframe
+
+
+def _checkpoint_dirs(storage: str, name: str) -> list[str]:
+    from afov_ray.storage import uri as U
+
+    root = U.join(storage, name)
+    return [U.join(root, n) for n in U.listdir(root) if n.startswith("checkpoint_")]
+
+
+def previous_run_id(storage: str, name: str) -> str | None:
+    """The MLflow run of an earlier, interrupted fit with the same run name and storage (resume)."""
+    from afov_ray.storage import uri as U
+
+    for d in sorted(_checkpoint_dirs(storage, name), reverse=True):
+        meta = U.join(d, "meta.json")
+        if U.exists(meta):
+            try:
+                rid = json.loads(U.read_bytes(meta)).get("mlflow_run_id")
+            except ValueError:
+                continue
+            if rid:
+                return rid
+    return None
+
+
+def best_of(result) -> tuple[Any, dict]:
+    """The best reported checkpoint by the score (validation mIoU; TMP: lowest training loss); the last one
+    when none was scored."""
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(SCORE, NO_SCORE) > NO_SCORE]
+    if scored:
+        return max(scored, key=lambda cm: cm[1][SCORE])
+    return result.checkpoint, dict(result.metrics or {})
+
+
+def remove_unreported_checkpoints(storage: str, name: str, result) -> list[str]:
+    """Checkpoint folders Ray Train never registered (a worker killed while one was being written) are
+    removed after the fit, so a run's folder holds exactly the checkpoints its result lists."""
+    from afov_ray.storage import uri as U
+
+    keep = {os.path.basename(str(c.path).rstrip("/")) for c, _ in (result.best_checkpoints or [])}
+    if result.checkpoint is not None:
+        keep.add(os.path.basename(str(result.checkpoint.path).rstrip("/")))
+    removed = []
+    for d in _checkpoint_dirs(storage, name):
+        if U.basename(d) not in keep:
+            fs, path = U.resolve(d)
+            fs.delete_dir(path)
+            removed.append(d)
+    return removed
+
+
+def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettings,
+              datasets: dict, val_split: bool = True, callbacks: list | None = None, lineage: dict | None = None,
+              job_config: dict | None = None, init_state: dict | None = None,
+              steps_per_epoch: int | None = None) -> StageResult:
+    """Fit the ``TorchTrainer`` of ``stage``; returns a ``StageResult``.
+
+    The driver owns the MLflow run (created, or reopened when the fit resumes, before training; params =
+    ``job_config`` flattened; final status set on every exit path) and registers the best checkpoint's weights
+    with their contract when ``loop.tracking.register_as`` is set. ``callbacks``: Ray Train V2 ``UserCallback``s
+    (e.g. Tune's ``TuneReportCallback``); ``lineage``: extra tags for the run and the registered model;
+    ``init_state``: initial weights, loaded once here and shipped to the workers through the object store."""
+    import uuid
+
+    import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    for section, prefix in ((loop, "loop."), (scale, "scale."), (run, "run.")):
+        validate(section, prefix)   # configs built in code skip the parser's checks
     storage = run.storage_path
     if "://" not in storage:
         storage = os.path.abspath(storage)
@@ -272,19 +414,94 @@ def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettin
     require_resources({"CPU": scale.cpus_per_worker, "GPU": 1.0 if scale.use_gpu else 0.0}, scale.num_workers,
                       f"scale.num_workers={scale.num_workers} x (scale.cpus_per_worker={scale.cpus_per_worker}"
                       + (", 1 GPU)" if scale.use_gpu else ")"), wait=scale.wait_for_resources)
+    tags = {"stage": stage.name, **stage.lineage(), **(lineage or {})}
+    tracker = Tracker(loop.tracking)
+    if tracker.active:
+        check_connection(tracker.tracking_uri)
+    run_id = tracker.start(params=job_config or {"stage": stage.name, **stage.params()}, tags=tags,
+                           run_id=previous_run_id(storage, run.name))
+    if job_config is not None:
+        log_job_config(tracker, job_config, {k: v for k, v in tags.items() if k.startswith("data.")})
+    error_key = f"train-error/{uuid.uuid4().hex}"
     split = ["train", "val"] if val_split and "val" in datasets else ["train"]
     trainer = TorchTrainer(
         stage_loop,
         train_loop_config={"stage": stage, "loop": loop, "checkpoint_every_steps": run.checkpoint_every_steps,
-                           "torch_threads": scale.torch_threads,
-                           "lineage": {"stage": stage.name, **stage.lineage(), **(lineage or {})}},
+                           "torch_threads": scale.torch_threads, "mlflow_run_id": run_id, "error_key": error_key,
+                           "steps_per_epoch": steps_per_epoch,
+                           "init_ref": None if init_state is None else ray.put(init_state)},
         scaling_config=ScalingConfig(num_workers=scale.num_workers, use_gpu=scale.use_gpu,
                                      resources_per_worker={"CPU": scale.cpus_per_worker}),
         run_config=RunConfig(name=run.name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=run.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=run.num_to_keep),
+                             checkpoint_config=CheckpointConfig(num_to_keep=run.num_to_keep,
+                                                                checkpoint_score_attribute=SCORE,
+                                                                checkpoint_score_order="max"),
                              callbacks=list(callbacks or [])),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=split),
     )
-    return trainer.fit()
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    recorded = _kv_get(error_key)
+    if recorded:
+        tracker.end("FAILED")
+        err = json.loads(recorded)
+        raise (ConfigError if err["type"] == "ConfigError" else DataError)(*(
+            [err["message"]] if err["type"] == "ConfigError" else ["training data", err["message"]]))
+    out = StageResult(result, run_id)
+    if result.error is not None:
+        tracker.end("FAILED")
+        return out
+    out.best_checkpoint, out.best_metrics = best_of(result)
+    removed = remove_unreported_checkpoints(storage, run.name, result)
+    if removed:
+        log.info("removed %d checkpoint folder(s) that were never reported: %s", len(removed), removed)
+    try:
+        best = out.best_metrics or {}
+        tracker.set_tags({"afov.best_epoch": int(best.get("epoch", -1)) + 1,
+                          "afov.best_checkpoint": str(getattr(out.best_checkpoint, "path", ""))})
+        iou = {k[len("val/iou/"):]: v for k, v in best.items() if k.startswith("val/iou/")}
+        if iou:
+            tracker.log_dict({"epoch": int(best.get("epoch", -1)) + 1, "mIoU": best.get("val/mIoU"), "iou": iou},
+                             "per_class_iou.json")
+            tracker.log_text(per_class_table(iou, best.get("val/mIoU")), "per_class_iou.md")
+        if loop.tracking.register_as:
+            out.registration = register_best(stage, loop, tracker, out, tags)
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return out
+
+
+def per_class_table(iou: dict[str, float], miou: float | None) -> str:
+    lines = ["| class | IoU (%) |", "|---|---:|"] + [f"| {k} | {100 * v:.1f} |" for k, v in iou.items()]
+    if miou is not None:
+        lines.append(f"| **mIoU** | {100 * miou:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def register_best(stage: Stage, loop: LoopConfig, tracker: Tracker, out: StageResult, tags: dict):
+    """Register the best checkpoint's weights + contract; never a model that trained zero steps."""
+    best = out.best_metrics or {}
+    if int(best.get("step", 0)) <= 0 or out.best_checkpoint is None:
+        raise DataError("training data", f"{stage.name} trained zero steps (the train split has fewer scans than "
+                                         f"loop.batch_size x scale.num_workers?): no model registered")
+    with out.best_checkpoint.as_directory() as d:
+        state = load_checkpoint(d)["model"]
+    score = best.get("val/mIoU")
+    reg = register(tracker.tracking_uri, out.run_id, state, stage.model_spec(), loop.tracking.register_as,
+                   alias=loop.tracking.alias, tags={**tags, "afov.best_epoch": int(best.get("epoch", -1)) + 1,
+                                                    "afov.best_step": int(best.get("step", 0))},
+                   score=score, force_alias=loop.tracking.force_alias)
+    log.info("registered %s (epoch %s%s)%s", reg.uri, int(best.get("epoch", -1)) + 1,
+             f", val mIoU {100 * score:.1f}" if score is not None else "",
+             f"; alias {reg.alias!r} {'moved' if reg.alias_moved else 'NOT moved'}: {reg.reason}" if reg.alias else "")
+    return reg

@@ -19,16 +19,19 @@ from typing import Literal
 import numpy as np
 import torch
 
-from afov_ray.config import option, to_dict
+from afov_ray.config import ConfigError, option, to_dict
+from afov_ray.errors import DataError
 from afov_ray.eval.metrics import confusion_matrix, iou_per_class
 from afov_ray.losses import ce_lovasz_loss, join_superpixel_features, superpoint_pooling, tmp_loss
 from afov_ray.models.res16unet import build_model
 from afov_ray.models.spec import ModelSpec
 from afov_ray.storage import uri as suri
 from afov_ray.teachers.dictionary import ClassDictionary
+from afov_ray.teachers.schema import read_run
 from afov_ray.train.data import IngestConfig, collate
+from afov_ray.train.registry import load_model_state
 from afov_ray.train.runner import Stage, allreduce_
-from afov_ray.train.tracking import data_fingerprint, load_model_state, teacher_lineage
+from afov_ray.train.tracking import data_fingerprint, teacher_lineage
 
 
 @dataclass
@@ -116,16 +119,27 @@ class TMPStage(Stage):
     def init_state(self):
         return _init_state(self.model_cfg)
 
+    def check_inputs(self) -> None:
+        """Driver-side: the teacher run exists and its text table fits the dictionary (before any worker starts)."""
+        self.text_table()
+
+    def text_table(self) -> np.ndarray:
+        """(num_texts, D) vocabulary rows of the teacher run (the void row, if any, is not a text)."""
+        if not self.cfg.teacher_run:
+            raise ConfigError("config key 'tmp.teacher_run': required for TMP (the teacher run folder)")
+        run, text = read_run(self.cfg.teacher_run)
+        d = ClassDictionary.load(self.cfg.dictionary)
+        if text.num_texts != d.num_texts or run.vocabulary_hash != d.vocabulary_hash():
+            raise DataError(suri.join(self.cfg.teacher_run, "text_embedding.npy"),
+                            f"{text.embeddings.shape[0]} rows for {text.num_texts} texts (vocabulary "
+                            f"{run.vocabulary_hash[:12]}) do not fit the dictionary {self.cfg.dictionary!r} "
+                            f"({d.num_texts} texts, {d.vocabulary_hash()[:12]}); set tmp.dictionary")
+        return text.vocabulary_rows
+
     def _text_tables(self, device):
         if self._text is None:
-            import io
-
             d = ClassDictionary.load(self.cfg.dictionary)
-            emb = np.load(io.BytesIO(suri.read_bytes(suri.join(self.cfg.teacher_run, "text_embedding.npy"))))
-            meta = __import__("json").loads(suri.read_bytes(suri.join(self.cfg.teacher_run, "run.json")))
-            if meta.get("void_row"):
-                emb = emb[: d.num_texts]  # explicit: the void row is not a vocabulary text
-            t = torch.nn.functional.normalize(torch.as_tensor(emb, dtype=torch.float32), dim=1)
+            t = torch.nn.functional.normalize(torch.as_tensor(self.text_table(), dtype=torch.float32), dim=1)
             self._text = (t, torch.as_tensor(d.same_category_matrix(), dtype=torch.float32))
         return self._text[0].to(device), self._text[1].to(device)
 

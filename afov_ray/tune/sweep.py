@@ -10,7 +10,7 @@ The Ray Train V2 + Tune pattern (Ray's ``ray/train/doc_code/train_tune_interop``
   trials never hold the CPU / GPU slots their Train workers and Ray Data tasks need;
 - each trial is initialised from the registry (``sweep.init``, e.g. ``models:/afov-tmp@current``) and
   tracked twice in MLflow: trial-level results by ``MLflowLoggerCallback`` on the *Tuner's* RunConfig
-  (Train V2's RunConfig rejects it) and the full run by our rank-0 ``Tracker`` inside Train; both runs
+  (Train V2's RunConfig rejects it) and the full run by the trial's own ``Tracker``; both runs
   carry the tags ``sweep`` and ``tune.trial_id``;
 - ASHA stops weak trials early (``training_iteration`` = epoch);
 - the best trial's last checkpoint is registered (``sweep.register_as`` with alias ``sweep.alias``,
@@ -39,7 +39,8 @@ from afov_ray.runtime import init_ray
 from afov_ray.storage import uri as suri
 from afov_ray.train.checkpoint import load_checkpoint
 from afov_ray.train.jobs import TrainJob, job_lineage, make_stage, run_train_job
-from afov_ray.train.tracking import Tracker, default_tracking_uri, ensure_experiment, register_model
+from afov_ray.train.registry import register
+from afov_ray.train.tracking import Tracker, client_for, default_tracking_uri, ensure_experiment
 
 KIND_DEFAULTS = {"distill": ("val/mIoU", "max"), "tmp": ("train/loss_epoch", "min")}
 TEACHER_KEY = "teacher"
@@ -269,8 +270,6 @@ def register_best(cfg: SweepJob, results, tracking_uri: str, train_storage: str)
         raise RuntimeError(f"best trial {trial_id} reported no checkpoint; nothing to register")
     state = _read_checkpoint(out["checkpoint"], train_storage)
     stage = make_stage(s.kind, tcfg)
-    model = stage.build_model()
-    model.load_state_dict(state["model"])
     run_id = (state.get("config") or {}).get("mlflow_run_id")
     if not run_id:   # tracking was off inside the trial: a run of its own for the model
         tracker = Tracker(replace(tcfg.loop.tracking, enabled=True))
@@ -279,8 +278,10 @@ def register_best(cfg: SweepJob, results, tracking_uri: str, train_storage: str)
     tags = {"stage": stage.name, **stage.lineage(), **job_lineage(tcfg), "sweep": s.name, "tune.trial_id": trial_id,
             "sweep.metric": metric, "sweep.value": out["value"],
             **({"sweep.teacher": params[TEACHER_KEY]} if TEACHER_KEY in params else {})}
-    version = register_model(tracking_uri, run_id, model, name, s.alias, tags, spec=stage.model_spec())
-    out["registered"] = {"name": name, "version": version, "alias": s.alias, "run_id": run_id,
+    score = out["value"] if metric == "val/mIoU" else None
+    reg = register(tracking_uri, run_id, state["model"], stage.model_spec(), name, alias=s.alias, tags=tags,
+                   score=score, force_alias=True)   # the sweep's own alias names its best trial
+    out["registered"] = {"name": name, "version": reg.version, "alias": s.alias, "run_id": run_id,
                          "uri": f"models:/{name}@{s.alias}"}
     return out
 
@@ -324,6 +325,8 @@ def run_sweep(cfg: SweepJob) -> dict:
         {"CPU": s.trial_driver_cpus})
     restored = bool(tune.Tuner.can_restore(experiment_path))
     if restored:
+        mark_orphaned_runs(tracking_uri, cfg.loop.tracking.experiment, s.name)
+    if restored:
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
@@ -356,6 +359,19 @@ def run_sweep(cfg: SweepJob) -> dict:
     else:
         summary["best"] = None
     return summary
+
+def mark_orphaned_runs(tracking_uri: str, experiment: str, sweep_name: str) -> int:
+    """Runs of this sweep still RUNNING belong to a driver that died: mark them KILLED (a resumed trial
+    reopens its own run). Returns how many were marked."""
+    client = client_for(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return 0
+    runs = client.search_runs([exp.experiment_id], f"tags.sweep = '{sweep_name}' and attributes.status = 'RUNNING'")
+    for r in runs:
+        client.set_terminated(r.info.run_id, status="KILLED")
+    return len(runs)
+
 
 def sweep_job(cfg: SweepJob) -> int:
     """The body of ``jobs/sweep.py``."""

@@ -231,7 +231,7 @@ def test_rayjob_fields(rayjob, raycluster, ray_version):
     assert rayjob["apiVersion"] == "ray.io/v1" and rayjob["kind"] == "RayJob" and rayjob["metadata"]["name"]
     spec = rayjob["spec"]
     assert set(spec) <= RAYJOB_SPEC_KEYS, f"unknown RayJob keys {set(spec) - RAYJOB_SPEC_KEYS}"
-    assert spec["entrypoint"] == "python jobs/tmp.py --config configs/tmp.yaml"
+    assert spec["entrypoint"] == "python jobs/tmp.py --config configs/nuscenes/tmp.yaml"
     assert spec["submissionMode"] in SUBMISSION_MODES and spec["submissionMode"] == "K8sJobMode"
     assert spec["shutdownAfterJobFinishes"] is True
     assert isinstance(spec["ttlSecondsAfterFinished"], int) and spec["ttlSecondsAfterFinished"] >= 0
@@ -320,7 +320,7 @@ def test_runtime_env_excludes_data(runtime_env, tmp_path):
     from ray._private.runtime_env.packaging import create_package
 
     src = tmp_path / "repo"
-    files = ["afov_ray/x.py", "jobs/tmp.py", "configs/tmp.yaml",
+    files = ["afov_ray/x.py", "jobs/tmp.py", "configs/nuscenes/tmp.yaml",
              "data/nuscenes/a.bin", "data/nuscenes/v1.0-mini/scene.json",
              "outputs/run/ckpt.pt", "outputs/run/metrics.json", "runs/x/result.json", "mlruns/0/meta.yaml",
              ".venv/lib/site.py", "afov_ray/__pycache__/x.cpython-311.pyc", "shard.parquet"]
@@ -330,7 +330,7 @@ def test_runtime_env_excludes_data(runtime_env, tmp_path):
     zpath = tmp_path / "pkg.zip"
     create_package(str(src), zpath, include_gitignore=False, excludes=runtime_env["excludes"])
     names = {n for n in zipfile.ZipFile(zpath).namelist() if not n.endswith("/")}
-    assert names == {"afov_ray/x.py", "jobs/tmp.py", "configs/tmp.yaml"}, names
+    assert names == {"afov_ray/x.py", "jobs/tmp.py", "configs/nuscenes/tmp.yaml"}, names
 
 
 # --- Dockerfile -------------------------------------------------------------------------------------------

@@ -31,15 +31,26 @@ def _free_port() -> int:
 
 
 def _pids_with(marker: str) -> list[int]:
+    """Processes whose command line or open files mention ``marker`` (Ray's agents rename themselves,
+    e.g. ``ray::DashboardAgent``, but keep their logs under the head's temp dir open)."""
     out = []
     for d in os.listdir("/proc"):
-        if not d.isdigit():
+        if not d.isdigit() or int(d) == os.getpid():
             continue
         try:
             cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            hit = marker in cmd
+            if not hit:
+                for fd in os.listdir(f"/proc/{d}/fd"):
+                    try:
+                        if marker in os.readlink(f"/proc/{d}/fd/{fd}"):
+                            hit = True
+                            break
+                    except OSError:
+                        continue
         except OSError:
             continue
-        if marker in cmd:
+        if hit:
             out.append(int(d))
     return out
 
@@ -57,15 +68,31 @@ def _stop_head(temp_dir: str) -> None:
             time.sleep(0.5)
 
 
+def submit_when_ready(client, deadline_s: float = 300.0, **kw) -> str:
+    """Submit once the head's job agent is up: right after ``ray start`` (and on a loaded machine) the job
+    server answers "No available agent to submit job" for a while; wait on that state, bounded."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return client.submit_job(**kw)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 @pytest.fixture(scope="module")
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="afovjs", dir="/tmp")   # short: Ray's socket paths must stay < 108 chars
-    port, dash = _free_port(), _free_port()
+    port, dash, agent_http, agent_grpc, metrics, runtime_env = (_free_port() for _ in range(6))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     ray_bin = str(Path(sys.executable).parent / "ray")
     cmd = [ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true",
-           f"--object-store-memory={256 * 2**20}", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+           f"--object-store-memory={256 * 2**20}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+           # every port explicit: the defaults (e.g. the agent's 52365) collide with any other Ray on the machine
+           f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+           f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}"]
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -107,10 +134,10 @@ def test_submitted_tmp_job_registers_model_with_lineage(ray_head, chain, tmp_pat
                  "run.name=submitted", f"run.storage_path={tmp_path / 'ray_results'}", "run.max_failures=0",
                  f"loop.tracking.tracking_uri={uri}", "loop.tracking.experiment=submit",
                  "loop.tracking.register_as=afov-tmp", "loop.tracking.run_name=submitted-tmp"]
-    config = REPO / "configs" / "tmp.yaml"
+    config = REPO / "configs" / "nuscenes" / "tmp.yaml"
     entrypoint = " ".join([sys.executable, str(REPO / "jobs" / "tmp.py"), "--config", str(config), *overrides])
     client = JobSubmissionClient(ray_head["dashboard"])
-    job_id = client.submit_job(entrypoint=entrypoint,
+    job_id = submit_when_ready(client, entrypoint=entrypoint,
                                runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}})
     deadline = time.monotonic() + 900
     status = client.get_job_status(job_id)

@@ -13,27 +13,29 @@ pytestmark = [pytest.mark.ray]
 def pipeline(tmp_path_factory):
     import ray
 
-    from afov_ray.pipeline.prepare import prepare_dataset
     from afov_ray.datasets.synth.config import SynthConfig
     from afov_ray.datasets.synth.nuscenes_writer import generate_nuscenes
-    from afov_ray.pipeline.pair import PairPassConfig, run_pair_pass
     from afov_ray.geometry.pairing import PairingConfig
+    from afov_ray.pipeline.pair import PairPassConfig, run_pair_pass
+    from afov_ray.pipeline.prepare import PrepareConfig, run_prepare
+    from afov_ray.pipeline.shard_pass import ExecConfig
     from afov_ray.pipeline.teacher import TeacherPassConfig, run_teacher_pass
+    from afov_ray.runtime import init_ray
 
     tmp = tmp_path_factory.mktemp("pipe")
     root = tmp / "ns"
     generate_nuscenes(root, SynthConfig(num_scenes=2, keyframes_per_scene=2, num_val_scenes=1,
                                         image_width=240, image_height=135, azimuth_steps=540))
-    prep = prepare_dataset("nuscenes", str(root), str(tmp), version="v1.0-trainval", use_ray=False, progress=False)
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=256 * 2**20)
+    quiet = ExecConfig(progress=False)
+    prep = run_prepare(PrepareConfig(dataroot=str(root), exec=ExecConfig(use_ray=False, progress=False)), str(tmp))
+    init_ray(num_cpus=2, object_store_memory=256 * 2**20)
     try:
-        tp = run_teacher_pass(str(tmp / "sweeps"), str(tmp / "teacher"),
-                              TeacherPassConfig(dataroot=str(root)), progress=False)
-        pairs = {rule: run_pair_pass(str(tmp / "sweeps"), tp["run_uri"], str(tmp / f"pair_{rule}"),
-                                     PairPassConfig(pairing=PairingConfig(rule=rule)), progress=False)
+        tp = run_teacher_pass(str(tmp / "sweeps"), str(tmp / "teacher"), TeacherPassConfig(dataroot=str(root), exec=quiet))
+        pairs = {rule: run_pair_pass(str(tmp / "sweeps"), tp.stats["run_uri"], str(tmp / f"pair_{rule}"),
+                                     PairPassConfig(pairing=PairingConfig(rule=rule), exec=quiet))
                  for rule in ("zbuffer", "official")}
-        again = run_teacher_pass(str(tmp / "sweeps"), str(tmp / "teacher"), TeacherPassConfig(dataroot=str(root)),
-                                 progress=False)
+        again = run_teacher_pass(str(tmp / "sweeps"), str(tmp / "teacher"),
+                                 TeacherPassConfig(dataroot=str(root), exec=quiet))
         yield {"tmp": tmp, "root": root, "prep": prep, "teacher": tp, "pairs": pairs, "again": again}
     finally:
         ray.shutdown()
@@ -72,9 +74,10 @@ def test_teacher_shards(pipeline):
     from afov_ray.teachers.schema import from_table
 
     tp = pipeline["teacher"]
-    assert tp["scenes_new"] == 2 and tp["images"] == 2 * 2 * 6
-    assert pipeline["again"]["scenes_done"] == 2 and pipeline["again"]["images"] == 0   # resumable
-    shards = sorted((pipeline["tmp"] / "teacher" / tp["run_id"] / "images").glob("*.parquet"))
+    assert len(tp.written) == 2 and tp.stats["images"] == 2 * 2 * 6 and tp.manifest_written
+    assert len(pipeline["again"].done_before) == 2 and pipeline["again"].written == []   # resumable
+    run_id = tp.stats["run_id"]
+    shards = sorted((pipeline["tmp"] / "teacher" / run_id / "images").glob("*.parquet"))
     assert len(shards) == 2
     images = from_table(pq.read_table(shards[0]))
     assert len(images) == 12
@@ -85,14 +88,16 @@ def test_teacher_shards(pipeline):
         assert int(im.area.sum()) == 135 * 240
         f = im.features.astype(np.float32)
         np.testing.assert_allclose(np.linalg.norm(f, axis=1), 1.0, atol=2e-3)
-    run = json.loads((pipeline["tmp"] / "teacher" / tp["run_id"] / "run.json").read_text())
+    run = json.loads((pipeline["tmp"] / "teacher" / run_id / "run.json").read_text())
     assert run["num_texts"] == 175 and run["void_row"] is False
 
 
 def test_pairing_shards_and_pseudo_label_quality(pipeline):
-    z, o = pipeline["pairs"]["zbuffer"], pipeline["pairs"]["official"]
+    z, o = pipeline["pairs"]["zbuffer"].stats, pipeline["pairs"]["official"].stats
+    for p in pipeline["pairs"].values():
+        assert p.exit_code == 0 and p.skipped == [] and p.manifest_written
     for s in (z, o):
-        assert s["keyframes"] == 4 and s["errors"] == [] and s["missing_cameras"] == 0
+        assert s["keyframes"] == 4 and s["missing_cameras"] == 0
         assert 0.4 < s["coverage"] < 1.0
         assert s["agreement"] > 0.75
         assert "car" in s["per_class"] and "driveable_surface" in s["per_class"]
@@ -129,6 +134,7 @@ def test_validation_miou_identical_with_one_or_two_workers(pipeline, tmp_path):
     tmp = pipeline["tmp"]
     splits = standard_nuscenes_splits(NuScenesReader(str(pipeline["root"]), "v1.0-trainval"))
     write_split_file(tmp_path / "splits.json", splits)
+    assert (tmp / "splits.json").exists()   # prepare wrote one too
     metrics = []
     for workers in (1, 2):
         cfg = load_config(TrainJob, None, [
@@ -144,5 +150,7 @@ def test_validation_miou_identical_with_one_or_two_workers(pipeline, tmp_path):
                      for r in pq.read_table(shard).to_pylist() if r["scene"] in splits["val"].scenes)
     assert metrics[0]["val/points"] == metrics[1]["val/points"] == val_points
     assert metrics[0]["val/mIoU"] == pytest.approx(metrics[1]["val/mIoU"], abs=1e-12)
-    for c in range(1, 17):
-        assert metrics[0][f"val/IoU_{c}"] == pytest.approx(metrics[1][f"val/IoU_{c}"], abs=1e-12)
+    names = [k for k in metrics[0] if k.startswith("val/iou/")]
+    assert len(names) == 16 and "val/iou/car" in names        # per-class metrics named by class
+    for k in names:
+        assert metrics[0][k] == pytest.approx(metrics[1][k], abs=1e-12)

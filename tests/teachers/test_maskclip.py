@@ -282,7 +282,10 @@ def test_teacher_pass_maskclip_with_ray(tmp_path, bpe_path, monkeypatch):
     from afov_ray.datasets.sweeps import keyframes_to_table
     from afov_ray.teachers.dictionary import ClassDictionary
     from afov_ray.teachers.schema import from_table, read_run
-    from afov_ray.pipeline.teacher import TeacherPassConfig, camera_items, run_teacher_pass
+    from afov_ray.pipeline.shard_pass import ExecConfig
+    from afov_ray.pipeline.teacher import TeacherPassConfig, run_teacher_pass
+    from afov_ray.runtime import init_ray
+    from afov_ray.storage.manifest import write_folder_manifest
 
     dataroot = tmp_path / "data"
     rng = np.random.default_rng(1)
@@ -300,31 +303,30 @@ def test_teacher_pass_maskclip_with_ray(tmp_path, bpe_path, monkeypatch):
                             scene="scene-0001", timestamp=s, points=np.zeros((4, 4), np.float32), cameras=cams))
     sweeps = tmp_path / "sweeps"
     atomic_write_parquet(str(sweeps / "scene-0001.parquet"), keyframes_to_table(kfs))
-    items = camera_items(str(sweeps))
-    assert [it["cam_image_path"] for it in items] == [c.image_path for kf in kfs for c in kf.cameras]
+    write_folder_manifest(str(sweeps), schema="sweeps", schema_version=1)
 
     mc = _cfg(bpe_path, templates="plain")
     cfg = TeacherPassConfig(teacher="maskclip", dataroot=str(dataroot), dictionary="nuscenes", maskclip=mc,
-                            max_actors=1, actor_cpus=1.0, batch_size=3, use_gpu=None)
+                            exec=ExecConfig(max_actors=1, cpus_per_item=1.0, progress=False))
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    init_ray(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
     try:
-        summary = run_teacher_pass(str(sweeps), str(tmp_path / "teacher"), cfg, progress=False)
+        summary = run_teacher_pass(str(sweeps), str(tmp_path / "teacher"), cfg)
     finally:
         ray.shutdown()
-    assert summary["images"] == 4 and summary["scenes_new"] == 1 and summary["errors"] == []
+    assert summary.stats["images"] == 4 and summary.written == ["scene-0001"] and summary.exit_code == 0
 
-    run_dir = tmp_path / "teacher" / summary["run_id"]
+    run_dir = tmp_path / "teacher" / summary.stats["run_id"]
     run, text = read_run(run_dir)
     meta = json.loads((run_dir / "run.json").read_text())
     d = ClassDictionary.load("nuscenes")
     assert run.model_id.startswith("maskclip:tiny:gelu:random-init-s0:short32:tpl-")
     assert run.feature_dim == TINY.embed_dim and run.vocabulary_hash == d.vocabulary_hash()
-    assert meta["config"]["maskclip"]["model"] == "tiny" and meta["config"]["actor_gpus"] == 0.0
+    assert meta["maskclip"]["model"] == "tiny" and meta["config"]["teacher"] == "maskclip"
     assert text.embeddings.shape == (d.num_texts, TINY.embed_dim) and not text.void_row
 
     images = from_table(pq.read_table(run_dir / "images" / "scene-0001.parquet"))
-    assert sorted(im.camera_token for im in images) == sorted(it["camera_token"] for it in items)
+    assert sorted(im.camera_token for im in images) == sorted(c.token for kf in kfs for c in kf.cameras)
     local = MaskCLIPTeacher(mc, list(d.texts))
     np.testing.assert_allclose(local.text_embeddings.numpy(), text.embeddings, atol=1e-6)
     for im in images:

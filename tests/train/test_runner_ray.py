@@ -38,6 +38,24 @@ class RegressionStage(Stage):
         return ((model(x).squeeze(1) - y) ** 2).mean(), {}
 
 
+class DiesOnceStage(RegressionStage):
+    """Its worker process dies once, at its 5th step, unless ``marker`` exists (a restarted worker is a new
+    process, so the count starts again and the marker stops a second death)."""
+
+    name = "toy-dies"
+    steps = 0
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def loss(self, model, batch, device):
+        type(self).steps += 1
+        if type(self).steps == 5 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)
+        return super().loss(model, batch, device)
+
+
 class ValRegressionStage(RegressionStage):
     name = "toy-val"
 
@@ -96,9 +114,9 @@ def test_two_workers_reproduce_one_worker_trajectory(ray_session, tmp_path):
 def test_worker_killed_mid_epoch_resumes_and_finishes(ray_session, tmp_path):
     marker = tmp_path / "failed_once"
     loop = _loop(epochs=3, batch_size=2)
-    res = run_stage(RegressionStage(), loop, ScaleConfig(num_workers=1),
+    res = run_stage(DiesOnceStage(str(marker)), loop, ScaleConfig(num_workers=1),
                     RunSettings(name="ft", storage_path=str(tmp_path), max_failures=2, checkpoint_every_steps=2),
-                    {"train": _data(8)}, test_hooks={"fail_at_step": 5, "marker": str(marker)})
+                    {"train": _data(8)})
     assert res.error is None
     assert marker.exists(), "the worker never failed: the test did not exercise recovery"
     with res.checkpoint.as_directory() as d:

@@ -46,7 +46,7 @@ def test_param_space_grid_and_errors():
 
 
 def test_trial_job_applies_teacher_space_and_sweep_settings():
-    base = load_config(TrainJob, REPO / "configs/tmp.yaml", ["scale.num_workers=2", "scale.cpus_per_worker=1.0"])
+    base = load_config(TrainJob, REPO / "configs/nuscenes/tmp.yaml", ["scale.num_workers=2", "scale.cpus_per_worker=1.0"])
     cfg = trial_job(base, {"teacher": "fcclip", "tmp.tau": 0.05, "loop.optim.lr": 0.1}, TEACHERS, "abc_00001",
                     "sw", "/store/sw-train", "sqlite:///x.db", "models:/afov-tmp@current", driver_cpus=0.01)
     assert cfg.data.pairing == "/p/fcclip" and cfg.tmp.teacher_run == "/t/fcclip"
@@ -70,7 +70,7 @@ def test_sweep_job_cli_parses_teachers_and_nested_space():
     from afov_ray.cli import parse_job_args
 
     cfg, _ = parse_job_args(SweepJob, "", [
-        "--config", str(REPO / "configs/sweep_tmp.yaml"),
+        "--config", str(REPO / "configs/nuscenes/sweep_tmp.yaml"),
         "sweep.teachers=[{name: a, run: /t/a, pairing: /p/a}, {name: b, run: /t/b, pairing: /p/b}]",
         "sweep.space.tmp.tau=[0.05,0.1]", "sweep.name=x"])
     assert [t.name for t in cfg.sweep.teachers] == ["a", "b"] and isinstance(cfg.sweep.teachers[0], TeacherChoice)
@@ -137,21 +137,15 @@ def test_git_commit_is_head():
     assert git_commit() == head and len(head) == 40
 
 
-def test_load_model_state_from_checkpoint_dir_and_registry_version(tmp_path):
+def test_load_model_state_from_checkpoint_dir(tmp_path):
     from torch import nn
 
     from afov_ray.train.checkpoint import save_checkpoint
-    from afov_ray.train.tracking import Tracker, TrackingConfig, load_model_state
+    from afov_ray.train.registry import load_model, load_model_state
 
     model = nn.Linear(3, 2)
-    save_checkpoint(tmp_path / "ckpt", model_state=model.state_dict(), epoch=1, step=2)
+    save_checkpoint(tmp_path / "ckpt", model_state=model.state_dict(), epoch=1, step=2,
+                    model_spec={"name": "minkunet18", "out_channels": 2})
     st = load_model_state(str(tmp_path / "ckpt"))
     assert torch.equal(st["weight"], model.weight)
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    with Tracker(TrackingConfig(tracking_uri=uri, experiment="e", register_as="lin")) as tr:
-        tr.start()
-        assert tr.register_model(model) == 1
-        model2 = nn.Linear(3, 2)
-        assert tr.register_model(model2) == 2
-    assert torch.equal(load_model_state("models:/lin/1", tracking_uri=uri)["weight"], model.weight)
-    assert torch.equal(load_model_state("models:/lin@current", tracking_uri=uri)["weight"], model2.weight)
+    assert load_model(str(tmp_path / "ckpt"))[1].name == "minkunet18"

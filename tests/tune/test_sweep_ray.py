@@ -23,14 +23,17 @@ REPO = Path(__file__).resolve().parents[2]
 def _register_init_model(uri: str) -> None:
     """A TMP-shaped minkunet18 registered as afov-tmp@current: what the sweep trials start from."""
     from afov_ray.models.res16unet import build_model
-    from afov_ray.train.tracking import Tracker, TrackingConfig, register_model
+    from afov_ray.models.spec import ModelSpec
+    from afov_ray.train.registry import register
+    from afov_ray.train.tracking import Tracker, TrackingConfig
 
     tr = Tracker(TrackingConfig(tracking_uri=uri, experiment="init"))
     run_id = tr.start()
     tr.end()
     torch.manual_seed(0)
-    register_model(uri, run_id, build_model("minkunet18", 1, 768, "torch", 0.05, normalize_features=True),
-                   "afov-tmp", "current", {"stage": "tmp"})
+    state = build_model("minkunet18", 1, 768, "torch", 0.05, normalize_features=True).state_dict()
+    spec = ModelSpec(name="minkunet18", out_channels=768, normalize_features=True, task="features")
+    register(uri, run_id, state, spec, "afov-tmp", alias="current", tags={"stage": "tmp"})
 
 
 def _overrides(chain, root: Path, uri: str, name: str) -> list[str]:
@@ -56,11 +59,12 @@ def test_tiny_sweep_registers_best_with_lineage(ray_local, chain, tmp_path):
 
     from afov_ray.tune.sweep import SweepJob, run_sweep
     from afov_ray.train.jobs import TrainJob
-    from afov_ray.train.tracking import data_fingerprint, git_commit, load_model_state
+    from afov_ray.train.registry import load_model_state
+    from afov_ray.train.tracking import data_fingerprint, git_commit
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _register_init_model(uri)
-    cfg = load_config(SweepJob, REPO / "configs/sweep.yaml", _overrides(chain, tmp_path, uri, "tiny"))
+    cfg = load_config(SweepJob, REPO / "configs/nuscenes/sweep.yaml", _overrides(chain, tmp_path, uri, "tiny"))
     summary = run_sweep(cfg)
 
     trials = summary["trials"]
@@ -124,14 +128,14 @@ def test_killed_sweep_driver_resumes(ray_local, chain, tmp_path):
     does not re-run the finished trial, runs the rest and registers the best model."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _register_init_model(uri)
-    args = [sys.executable, str(REPO / "jobs/sweep.py"), "--config", str(REPO / "configs/sweep.yaml"),
+    args = [sys.executable, str(REPO / "jobs/sweep.py"), "--config", str(REPO / "configs/nuscenes/sweep.yaml"),
             *_overrides(chain, tmp_path, uri, "resume"), f"sweep.address={ray_local}"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
     exp = tmp_path / "tune" / "resume"
     log1 = open(tmp_path / "driver1.log", "w")
     p = subprocess.Popen(args, cwd=REPO, env=env, stdout=log1, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 1800   # generous: on a loaded 2-core machine a trial takes minutes
         # a trial is finished for Tune (saved experiment state) and for its MLflowLoggerCallback run
         while not (_experiment_state_has_terminated(exp)
                    and any(r.info.status == "FINISHED" for r in _runs_or_none(uri, "resume", "tune-trial"))):
@@ -146,7 +150,7 @@ def test_killed_sweep_driver_resumes(ray_local, chain, tmp_path):
     assert len(finished) >= 1
     finished_trials = {r.data.tags["trial_name"] for r in finished}
 
-    out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("sweep summary: ")][-1]
     summary = json.loads(line[len("sweep summary: "):])
@@ -171,3 +175,6 @@ def test_killed_sweep_driver_resumes(ray_local, chain, tmp_path):
         assert epochs[tid] == [1]
     result_lines = [len(Path(f).read_text().splitlines()) for f in glob.glob(str(exp / "*" / "result.json"))]
     assert sorted(result_lines) == [1, 1]
+    # no run of the sweep is left RUNNING: the dead driver's runs were marked KILLED on resume
+    statuses = [r.info.status for role in ("tune-trial", "train") for r in _runs(uri, "resume", role)]
+    assert "RUNNING" not in statuses, statuses

@@ -20,32 +20,31 @@ def build_tiny_chain(root: Path) -> dict:
     done = root / "chain.json"
     if done.exists():
         return json.loads(done.read_text())
-    from afov_ray.datasets.nuscenes import NuScenesReader
-    from afov_ray.pipeline.prepare import prepare_dataset
-    from afov_ray.datasets.splits import standard_nuscenes_splits, write_split_file
     from afov_ray.datasets.synth.config import SynthConfig
     from afov_ray.datasets.synth.nuscenes_writer import generate_nuscenes
     from afov_ray.pipeline.pair import PairPassConfig, run_pair_pass
-    from afov_ray.teachers.simulated import SimTeacherConfig
+    from afov_ray.pipeline.prepare import PrepareConfig, run_prepare
+    from afov_ray.pipeline.shard_pass import ExecConfig
     from afov_ray.pipeline.teacher import TeacherPassConfig, run_teacher_pass
+    from afov_ray.teachers.simulated import SimTeacherConfig
 
     root.mkdir(parents=True, exist_ok=True)
     synth = SynthConfig(**SYNTH)
     dataroot = root / "nuscenes"
     generate_nuscenes(dataroot, synth)
-    prepare_dataset("nuscenes", str(dataroot), str(root), version=synth.version, use_ray=False)
+    quiet = ExecConfig(progress=False)
+    run_prepare(PrepareConfig(dataroot=str(dataroot), version=synth.version, min_1pct_scenes=1,
+                              exec=ExecConfig(use_ray=False, progress=False)), str(root))
     split_file = root / "splits.json"
-    write_split_file(split_file, standard_nuscenes_splits(NuScenesReader(str(dataroot), synth.version),
-                                                          min_1pct_scenes=1))
     teachers = {}
     for name, kw in TEACHERS.items():
         tp = run_teacher_pass(str(root / "sweeps"), str(root / "teacher"),
                               TeacherPassConfig(teacher="simulated", dataroot=str(dataroot), version=synth.version,
-                                                sim=SimTeacherConfig(name=name, **kw)), progress=False)
+                                                sim=SimTeacherConfig(name=name, **kw), exec=quiet))
         pairing = root / f"pairing_{name}"
-        stats = run_pair_pass(str(root / "sweeps"), tp["run_uri"], str(pairing), PairPassConfig(), progress=False)
-        teachers[name] = {"run": tp["run_uri"], "run_id": tp["run_id"], "pairing": str(pairing),
-                          "agreement": stats["agreement"]}
+        p = run_pair_pass(str(root / "sweeps"), tp.stats["run_uri"], str(pairing), PairPassConfig(exec=quiet))
+        teachers[name] = {"run": tp.stats["run_uri"], "run_id": tp.stats["run_id"], "pairing": str(pairing),
+                          "agreement": p.stats["agreement"]}
     out = {"root": str(root), "split_file": str(split_file), "teachers": teachers}
     done.write_text(json.dumps(out, indent=1))
     return out
