@@ -40,6 +40,7 @@ log = get_logger(__name__)
 
 STAGES = ("tmp", "distill", "finetune", "probe")
 
+
 @dataclass
 class DemoConfig(RayKeys):
     out: str = option("outputs/demo", "output folder (everything goes here)")
@@ -60,6 +61,7 @@ class DemoConfig(RayKeys):
     differences: dict[str, str] = option({}, "settings that differ from the official ones -> why (shown in the "
                                             "report)")
 
+
 class Timer:
     def __init__(self):
         self.t0 = time.perf_counter()
@@ -70,6 +72,7 @@ class Timer:
         self.stages[name] = round(t - self.t0, 1)
         self.t0 = t
         log.info("[demo] %s done in %.1f s", name, self.stages[name])
+
 
 @dataclass
 class Workspace:
@@ -94,6 +97,7 @@ class Workspace:
     def tracking_uri(self) -> str:
         return default_tracking_uri(self.out)
 
+
 def build_data(ws: Workspace, synth: SynthConfig, min_1pct_scenes: int, timer: Timer | None = None) -> dict:
     """generate (skipped when present) -> prepare (resumable) -> splits.json."""
 
@@ -107,9 +111,11 @@ def build_data(ws: Workspace, synth: SynthConfig, min_1pct_scenes: int, timer: T
     splits = read_split_file(ws.split_file)
     return {"keyframes": summary.stats["keyframes"], "splits": {k: v.scenes for k, v in splits.items()}}
 
+
 def _require_complete(summary) -> None:
     if summary.exit_code != 0:
         raise RuntimeError("\n".join(summary.lines()))
+
 
 def teacher_and_pairing(ws: Workspace, teacher: TeacherPassConfig, pair: PairPassConfig, tag: str = "",
                         timer: Timer | None = None) -> dict:
@@ -124,6 +130,7 @@ def teacher_and_pairing(ws: Workspace, teacher: TeacherPassConfig, pair: PairPas
     timer and timer.lap(f"pair{tag}")
     return {"teacher_run": t.stats["run_uri"], "pairing": pairing_uri, "pair_stats": p.stats}
 
+
 def stage_job(ws: Workspace, kind: str, name: str, job: TrainJob, *, pairing: str, teacher_run: str,
               experiment: str, init: str | None = "preset", train_split: str | None = None) -> TrainJob:
     """A stage's job with the workspace's paths filled in (data, teacher run, registry, checkpoints)."""
@@ -137,6 +144,7 @@ def stage_job(ws: Workspace, kind: str, name: str, job: TrainJob, *, pairing: st
                    run=replace(job.run, name=name, storage_path=str(ws.out / "ray_results")),
                    tmp=replace(job.tmp, teacher_run=teacher_run))
 
+
 def train(ws: Workspace, kind: str, job: TrainJob, timer: Timer | None = None) -> dict:
     """One Ray Train fit of a filled-in job; the model is registered as the job's ``register_as``."""
     res = run_train_job(kind, job)
@@ -144,6 +152,7 @@ def train(ws: Workspace, kind: str, job: TrainJob, timer: Timer | None = None) -
         raise RuntimeError(f"{job.run.name} failed: {res.error}")
     timer and timer.lap(job.run.name)
     return {k: v for k, v in dict(res.metrics or {}).items() if not isinstance(v, list)}
+
 
 def evaluate_model(ws: Workspace, name: str, pairing: str, predict: PredictConfig, afi: AFIPassConfig | None,
                    evaluate: EvaluateConfig, afi_assist: bool = False, timer: Timer | None = None,
@@ -175,6 +184,7 @@ def evaluate_model(ws: Workspace, name: str, pairing: str, predict: PredictConfi
     timer and timer.lap(f"evaluate {name}")
     return out
 
+
 def summarize_eval(doc: dict) -> dict:
     """mIoU per source and subset: official (empty union = 1) and over GT-present classes only."""
 
@@ -187,6 +197,7 @@ def summarize_eval(doc: dict) -> dict:
                          "accuracy": float(rep["accuracy"]), "points": int(rep["n_points"])}
     return out
 
+
 def verdict(results: dict) -> dict:
     """Did the distilled model visibly learn? On camera-visible val points: point accuracy >= 80 % and
     present-class mIoU >= 0.8 x the pseudo-labels'."""
@@ -196,6 +207,7 @@ def verdict(results: dict) -> dict:
     return {"accuracy": net["accuracy"], "miou_present": net["miou_present"],
             "pseudo_miou_present": pseudo["miou_present"], "miou_ratio": ratio,
             "learned": bool(net["accuracy"] >= 0.80 and ratio >= 0.8)}
+
 
 def report_markdown(results: dict, differences: dict[str, str]) -> str:
     """The demo's final table, the verdict and the settings that differ from the official ones."""
@@ -227,6 +239,7 @@ def report_markdown(results: dict, differences: dict[str, str]) -> str:
         lines += ["", "Settings that differ from the official ones (configs/demo.yaml), and why:", ""]
         lines += [f"- `{k}`: {why}" for k, why in differences.items()]
     return "\n".join(lines) + "\n"
+
 
 def run_demo(cfg: DemoConfig) -> dict:
     ws = Workspace(Path(cfg.out).absolute(), cfg.synth.version)
@@ -261,6 +274,7 @@ def run_demo(cfg: DemoConfig) -> dict:
           f"{results['distill_eval']['report_dir']}")
     print(f"[demo] MLflow UI: mlflow ui --backend-store-uri {ws.tracking_uri}")
     return results
+
 
 def demo_job(cfg: DemoConfig) -> int:
     """The body of ``jobs/demo.py`` (the verdict is printed; the exit code says the pipeline ran)."""

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -83,76 +82,83 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     p = PRESETS[args.preset]
 
-    from afov_ray.afi.config import AFIConfig
-    from afov_ray.cli import init_ray
+    from afov_ray.config import load_config
     from afov_ray.datasets.synth.config import SynthConfig
-    from afov_ray.demo import (StageBudget, Timer, Workspace, build_data, evaluate_model, teacher_and_pairing,
-                               train)
-    from afov_ray.geometry.pairing import PairingConfig
+    from afov_ray.demo import Timer, Workspace, build_data, evaluate_model, stage_job, teacher_and_pairing, train
+    from afov_ray.pipeline.evaluate import EvaluateConfig
+    from afov_ray.pipeline.pair import PairPassConfig
+    from afov_ray.pipeline.predict import PredictConfig
+    from afov_ray.pipeline.refine import AFIPassConfig
+    from afov_ray.pipeline.teacher import TeacherPassConfig
+    from afov_ray.runtime import init_ray
     from afov_ray.teachers.simulated import SimTeacherConfig
-    from afov_ray.train.data import IngestConfig
-    from afov_ray.train.stages import ModelConfig, TMPConfig
+    from afov_ray.train.jobs import TrainJob
 
     ws = Workspace(Path(args.out).absolute())
     ws.out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
     cache = RowCache(ws.out, args.preset, timer)
-    init_ray(None, None)
+    init_ray()
     synth = SynthConfig(num_scenes=p["scenes"], keyframes_per_scene=p["keyframes"], num_val_scenes=p["val"],
                         image_width=p["width"], image_height=p["height"], azimuth_steps=p["azimuth"],
                         cover_all_classes=p["cover"])
     R: dict = {"preset": args.preset, "config": p, "data": build_data(ws, synth, 1, timer)}
-    model = ModelConfig(name=p["model"])
-    ingest = IngestConfig(label_mode="majority", voxel_size=p["voxel"])
-    teach = teacher_and_pairing(ws, SimTeacherConfig(), PairingConfig(), timer=timer)
-    R["pairing"] = {k: v for k, v in teach["pair_stats"].items() if k != "errors"}
+    teach = teacher_and_pairing(ws, TeacherPassConfig(), PairPassConfig(), timer=timer)
+    R["pairing"] = {k: v for k, v in teach["pair_stats"].items() if k != "per_class"}
     R["class_balance"] = class_balance(ws, teach["pairing"])
     # validation every 5 epochs and at the last (it took ~35 s of each ~110 s epoch on 2 cores; rows read the
     # last epoch's val metrics, and training is the same either way).
     # The one Train worker reserves 1 CPU (Ray then sets 1 torch thread) but gets every core: the data side
     # (voxelisation) leaves most of them idle (data-wait ~0.13); measured 2 distill epochs 218 s -> 164 s on 2 cores
     threads = os.cpu_count()
-    b = lambda e, **kw: StageBudget(**{"epochs": e, "batch_size": p["batch"], "optimizer": p["optimizer"],  # noqa: E731
-                                       "lr": p["lr"], "lr_head": p["lr_head"], "torch_threads": threads,
-                                       "val_every_epochs": 5, **kw})
-    common = dict(pairing=teach["pairing"], teacher_run=teach["teacher_run"], model=model, ingest=ingest,
-                  experiment="afov_quality", timer=timer)
-    tmp_off, tmp_pap = TMPConfig(), TMPConfig(text_form="paper")
-    afi = AFIConfig()
 
-    def fit(key, *args, **kw):
-        return cache.get(key, lambda: train(ws, *args, **kw))
+    def job(preset: str, epochs: int, lr: float | None = None, **extra) -> TrainJob:
+        """The official preset with the bench's CPU budget on top (the same overrides as configs/demo.yaml)."""
+        over = [f"model.name={p['model']}", f"ingest.voxel_size={p['voxel']}", "ingest.label_mode=majority",
+                f"loop.num_epochs={epochs}", f"loop.batch_size={p['batch']}", f"loop.optim.optimizer={p['optimizer']}",
+                f"loop.optim.lr={lr or p['lr']}", f"loop.optim.lr_head={p['lr_head']}".replace("None", "null"),
+                "loop.val_every_epochs=5", "scale.num_workers=1", "scale.use_gpu=false",
+                f"scale.torch_threads={threads}", *[f"{k}={v}" for k, v in extra.items()]]
+        return load_config(TrainJob, f"configs/nuscenes/{preset}.yaml", over)
 
-    def ev(key, *args, **kw):
-        return cache.get(f"eval-{key}", lambda: evaluate_model(ws, *args, ingest=ingest, timer=timer, **kw))
+    common = dict(pairing=teach["pairing"], teacher_run=teach["teacher_run"], experiment="afov_quality")
+    predict, afi, evaluate = PredictConfig(), AFIPassConfig(), EvaluateConfig()
+
+    def fit(key, kind, name, j, init, train_split=None, **kw):
+        return cache.get(key, lambda: train(ws, kind, stage_job(ws, kind, name, j, init=init, train_split=train_split,
+                                                                **{**common, **kw}), timer))
+
+    def ev(key, name, pairing, with_afi, **kw):
+        return cache.get(f"eval-{key}", lambda: evaluate_model(ws, name, pairing, predict, afi if with_afi else None,
+                                                               evaluate, timer=timer, **kw))
 
     # TMP, two text-loss forms
-    R["tmp_official"] = fit("tmp-official", "tmp", "q-tmp-official", b(p["tmp_epochs"]), init=None, tmp=tmp_off,
-                            **common)
-    R["tmp_paper"] = fit("tmp-paper", "tmp", "q-tmp-paper", b(p["tmp_epochs"]), init=None, tmp=tmp_pap, **common)
+    R["tmp_official"] = fit("tmp-official", "tmp", "q-tmp-official", job("tmp", p["tmp_epochs"]), None)
+    R["tmp_paper"] = fit("tmp-paper", "tmp", "q-tmp-paper", job("tmp", p["tmp_epochs"], **{"tmp.text_form": "paper"}),
+                         None)
     # annotation-free distillation from three inits
     for name, init in (("q-distill-random", None), ("q-distill-tmp", "models:/q-tmp-official@current"),
                        ("q-distill-tmp-paper", "models:/q-tmp-paper@current")):
-        fit(name, "distill", name, b(p["distill_epochs"]), init=init, tmp=tmp_off, **common)
-        R[name] = ev(name, name, model, teach["pairing"], afi, afi_assist=(name == "q-distill-tmp"),
+        fit(name, "distill", name, job("distill", p["distill_epochs"]), init)
+        R[name] = ev(name, name, teach["pairing"], True, afi_assist=(name == "q-distill-tmp"),
                      plots=(name == "q-distill-tmp"))
     # downstream: 1 % fine-tuning and linear probing from random / TMP / distilled init
     for tag, init in (("random", None), ("tmp", "models:/q-tmp-official@current"),
                       ("distilled", "models:/q-distill-tmp@current")):
-        R[f"ft-{tag}"] = fit(f"ft-{tag}", "finetune", f"q-ft-{tag}", b(p["ft_epochs"]), init=init, tmp=tmp_off,
-                             train_split="train_1pct", **common)
-        R[f"lp-{tag}"] = fit(f"lp-{tag}", "finetune", f"q-lp-{tag}", b(p["lp_epochs"], lr=10 * p["lr"]), init=init,
-                             tmp=tmp_off, linear_probe=True, **common)
+        R[f"ft-{tag}"] = fit(f"ft-{tag}", "finetune", f"q-ft-{tag}", job("finetune", p["ft_epochs"]), init,
+                             train_split="train_1pct")
+        R[f"lp-{tag}"] = fit(f"lp-{tag}", "finetune", f"q-lp-{tag}", job("linear_probe", p["lp_epochs"], lr=10 * p["lr"]),
+                             init)
     # teacher quality vs final mIoU (distillation from random init, to isolate the labels)
     R["noise"] = {}
     for level, conf, boundary, fnoise in p["noise_levels"]:
-        t = teacher_and_pairing(ws, SimTeacherConfig(confusion_prob=conf, boundary_px=boundary, feature_noise=fnoise,
-                                                     name=f"simulated-{level}"), PairingConfig(), tag=f"_{level}",
-                                timer=timer)
+        t = teacher_and_pairing(ws, TeacherPassConfig(sim=SimTeacherConfig(
+            confusion_prob=conf, boundary_px=boundary, feature_noise=fnoise, name=f"simulated-{level}")),
+            PairPassConfig(), tag=f"_{level}", timer=timer)
         name = f"q-distill-noise-{level}"
-        fit(name, "distill", name, b(p["noise_epochs"]), init=None, tmp=tmp_off,
-            **{**common, "pairing": t["pairing"], "teacher_run": t["teacher_run"]})
-        e = ev(name, name, model, t["pairing"], None, plots=False)
+        fit(name, "distill", name, job("distill", p["noise_epochs"]), None, pairing=t["pairing"],
+            teacher_run=t["teacher_run"])
+        e = ev(name, name, t["pairing"], False, plots=False)
         R["noise"][level] = {"confusion_prob": conf, "boundary_px": boundary, "feature_noise": fnoise,
                              "pseudo_visible": e["pseudo"]["visible"], "distilled": e["pred"]["all"],
                              "distilled_visible": e["pred"]["visible"], "pair_agreement": t["pair_stats"]["agreement"]}
@@ -228,7 +234,7 @@ def render(R: dict) -> str:
     ]
     lines += ["", "## Orderings the paper claims", ""]
     lines += [f"- {name}: **{'holds' if ok else 'does not hold'}**" for name, ok in checks]
-    lines += ["", "mIoU (official): afov-reference.md 6.4 (empty-union classes count 1.0, mean over 16 classes); "
+    lines += ["", "mIoU (official): docs/method.md#evaluation (empty-union classes count 1.0, mean over 16 classes); "
               "'present classes' averages the classes with ground truth or predictions in the val scenes.",
               f"Row times (s, measured by the process that computed each row): "
               f"{json.dumps(R.get('row_timings_s', {}))}",

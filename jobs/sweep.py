@@ -8,8 +8,7 @@ last epoch checkpoint.
 
 Examples:
     python jobs/sweep.py --config configs/nuscenes/sweep.yaml data.split_file=outputs/demo/splits.json \
-        'sweep.teachers=[{name: san, run: s3://b/afov/teacher/san-1a2b, pairing: s3://b/afov/pairing_san},
-                         {name: fcclip, run: s3://b/afov/teacher/fcclip-3c4d, pairing: s3://b/afov/pairing_fcclip}]'
+        'sweep.teachers=[{name: san, run: s3://b/afov/teacher/san-1a2b, pairing: s3://b/afov/pairing_san}, {name: fcclip, run: s3://b/afov/teacher/fcclip-3c4d, pairing: s3://b/afov/pairing_fcclip}]'
     python jobs/sweep.py --config configs/nuscenes/sweep_tmp.yaml sweep.space.tmp.tau=[0.05,0.07,0.1]
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/sweep.py --config configs/nuscenes/sweep.yaml
 """

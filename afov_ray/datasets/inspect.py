@@ -32,11 +32,13 @@ def _dataset(sweeps_uri: str):
     fs, path = U.resolve(sweeps_uri)
     return pads.dataset(path, filesystem=fs, format="parquet", ignore_prefixes=[".", "_"])
 
+
 def class_names(dataset: str) -> list[str] | None:
     """Evaluation class names (index = label id) from ``afov_ray.datasets.labels``."""
 
     return {"nuscenes": list(labels.NUSCENES_EVAL_NAMES),
             "semantickitti": list(labels.KITTI_EVAL_NAMES)}.get(dataset)
+
 
 def dataset_stats(sweeps_uri: str) -> dict[str, Any]:
     """Keyframes, scenes, points per sweep (mean/min/max) and the label histogram of a sweeps folder.
@@ -77,6 +79,7 @@ def dataset_stats(sweeps_uri: str) -> dict[str, Any]:
         stats["errors"] = sum(1 for line in U.read_bytes(errors_uri).splitlines() if line.strip())
     return stats
 
+
 def format_stats(stats: dict[str, Any]) -> str:
     """Human-readable report of ``dataset_stats``."""
     lines = [f"sweeps: {stats['sweeps_uri']}",
@@ -99,6 +102,7 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append("labels: none")
     return "\n".join(lines)
 
+
 def project_points(
     points_xyz: np.ndarray, K: np.ndarray, lidar_to_cam: np.ndarray, width: int, height: int,
     min_depth: float = 1.0,
@@ -111,6 +115,7 @@ def project_points(
     mask[pr.point_idx] = True
     return pr.uv, pr.depth, mask
 
+
 def _load_image(dataroot: str | None, rel_path: str, width: int, height: int) -> tuple[np.ndarray, bool]:
     if dataroot:
         path = U.join(dataroot, rel_path)
@@ -120,11 +125,13 @@ def _load_image(dataroot: str | None, rel_path: str, width: int, height: int) ->
             return np.asarray(Image.open(io.BytesIO(U.read_bytes(path))).convert("RGB")), True
     return np.full((height, width, 3), 128, dtype=np.uint8), False
 
+
 def _save(fig, out_uri: str) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     atomic_write_bytes(out_uri, buf.getvalue())
     return out_uri
+
 
 def plot_projection(kf: Keyframe, dataroot: str | None, out_dir: str) -> list[str]:
     """One PNG per camera: the image (grey if not found) with the projected points coloured by depth."""
@@ -148,6 +155,7 @@ def plot_projection(kf: Keyframe, dataroot: str | None, out_dir: str) -> list[st
         written.append(_save(fig, U.join(out_dir, f"{_safe(kf.sample_token)}_{cam.channel}.png")))
         plt.close(fig)
     return written
+
 
 def plot_bev(kf: Keyframe, out_uri: str, names: Sequence[str] | None = None, extent: float = 50.0) -> str:
     """Bird's-eye view (x forward up, y left) of one sweep coloured by label (by height if unlabelled)."""
@@ -179,8 +187,10 @@ def plot_bev(kf: Keyframe, out_uri: str, names: Sequence[str] | None = None, ext
     plt.close(fig)
     return out_uri
 
+
 def _safe(token: str) -> str:
     return token.replace("/", "_")
+
 
 def inspect_sweeps(
     sweeps_uri: str, dataroot: str | None = None, out: str | None = None, num_keyframes: int = 1,
@@ -201,6 +211,7 @@ def inspect_sweeps(
         atomic_write_bytes(U.join(out, "stats.json"), json.dumps(stats, indent=2).encode())
     return stats
 
+
 @dataclass
 class InspectJob:
     sweeps: str = option("outputs/demo/sweeps", "sweeps folder URI written by prepare (<out>/sweeps), local or s3://")
@@ -209,6 +220,7 @@ class InspectJob:
     out: str | None = option(None, "folder URI for the PNGs and stats.json (no figures without it)")
     num_keyframes: int = option(1, "how many keyframes to draw", min=0)
     json: bool = option(False, "print the stats as JSON instead of a table")
+
 
 def inspect_job(cfg: InspectJob) -> int:
     """The body of ``jobs/inspect_data.py``."""

@@ -22,6 +22,7 @@ from afov_ray.geometry.projection import devkit_chain_points, lidar_to_cam_matri
 LIDAR_CHANNEL = "LIDAR_TOP"
 POINT_DIM = 5  # x, y, z, intensity, ring (float32 each) in a .pcd.bin
 
+
 def load_pcd_bin(path: str, item: str | None = None) -> np.ndarray:
     """(N, 5) float32 from a nuScenes ``.pcd.bin``. DataError naming the file if missing or its
     size is not a multiple of 20 bytes."""
@@ -34,6 +35,7 @@ def load_pcd_bin(path: str, item: str | None = None) -> np.ndarray:
         raise DataError(item, f"size {size} B is not a multiple of {4 * POINT_DIM} B (float32 x {POINT_DIM})")
     return np.fromfile(path, dtype=np.float32).reshape(-1, POINT_DIM)
 
+
 def _image_size(path: str, item: str) -> tuple[int, int]:
     from PIL import Image  # lazy: only when the table has no size
 
@@ -42,6 +44,7 @@ def _image_size(path: str, item: str) -> tuple[int, int]:
             return int(im.size[0]), int(im.size[1])
     except OSError as exc:
         raise DataError(item, f"cannot read image header of {path}: {exc}") from None
+
 
 def _intrinsic(cs: dict[str, Any]) -> np.ndarray:
     item = f"calibrated_sensor {cs.get('token', '?')}"
@@ -54,6 +57,7 @@ def _intrinsic(cs: dict[str, Any]) -> np.ndarray:
     if not np.all(np.isfinite(K)) or K[2, 2] == 0:
         raise DataError(item, f"field 'camera_intrinsic' is invalid: {K.tolist()}")
     return K
+
 
 class NuScenesReader:
     """Reader (afov_ray.datasets.reader.Reader) for a nuScenes dataroot.

@@ -30,12 +30,14 @@ class Reader(Protocol):
         """Load one keyframe (points, labels, cameras with calibration). Raises DataError."""
         ...
 
+
 # SemanticKITTI's standard split (sequences), used when ``split`` names one.
 KITTI_SPLITS = {
     "train": ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"],
     "val": ["08"],
     "test": [f"{i:02d}" for i in range(11, 22)],
 }
+
 
 def make_reader(dataset: str, dataroot: str, version: str | None = None, split: str | None = None,
                 cameras: bool = True) -> Reader:
@@ -57,6 +59,7 @@ def make_reader(dataset: str, dataroot: str, version: str | None = None, split: 
             sequences = KITTI_SPLITS.get(split) or [s.strip() for s in split.split(",") if s.strip()]
         return SemanticKITTIReader(dataroot, sequences=sequences, cameras=KITTI_CAMERAS if cameras else ())
     raise ValueError(f"dataset: unknown {dataset!r} (expected 'nuscenes' or 'semantickitti')")
+
 
 @dataclass(frozen=True)
 class ReaderSpec:

@@ -27,6 +27,7 @@ KITTI_TRAIN_SEQUENCES = ("00", "01", "02", "03", "04", "05", "06", "07", "09", "
 KITTI_VAL_SEQUENCES = ("08",)
 SPLIT_FILE_FORMAT = 1
 
+
 @dataclass
 class Split:
     """One split: its scenes (names / sequence ids) and keyframe ids, and the rule that made it."""
@@ -36,12 +37,14 @@ class Split:
     keyframes: list[str]
     rule: dict[str, Any] = field(default_factory=dict)
 
+
 # -- nuScenes ---------------------------------------------------------------------------------------
 def resolve_nuscenes_split(split: str, version: str | None = None) -> str:
     """Name in ``create_splits_scenes()``; for a ``*-mini`` version "train"/"val" -> "mini_train"/"mini_val"."""
     if version is not None and version.endswith("mini") and split in ("train", "val"):
         return f"mini_{split}"
     return split
+
 
 def nuscenes_split_scenes(split: str, version: str | None = None) -> list[str]:
     """Scene names of an official nuScenes split (devkit ``create_splits_scenes``)."""
@@ -52,6 +55,7 @@ def nuscenes_split_scenes(split: str, version: str | None = None) -> list[str]:
     if name not in table:
         raise DataError(f"split {split}", f"unknown nuScenes split; known: {sorted(table)}")
     return list(table[name])
+
 
 def nuscenes_skip_scenes(
     table_scenes: Sequence[str],
@@ -87,6 +91,7 @@ def nuscenes_skip_scenes(
     }
     return chosen, rule
 
+
 def make_nuscenes_splits(
     reader: Any,
     phases: Sequence[str] = ("train", "val"),
@@ -107,6 +112,7 @@ def make_nuscenes_splits(
         out[phase] = Split(name=phase, scenes=scenes, keyframes=keyframes, rule=rule)
     return out
 
+
 def standard_nuscenes_splits(reader: Any, skip_step: int = 100, min_1pct_scenes: int = 0) -> dict[str, Split]:
     """The splits every job uses: "train" (all train scenes), "val", and "train_1pct" (the pinned
     1 % rule of afov-reference.md 6.1; on small data it selects nothing unless ``min_1pct_scenes`` is
@@ -115,6 +121,7 @@ def standard_nuscenes_splits(reader: Any, skip_step: int = 100, min_1pct_scenes:
     one = make_nuscenes_splits(reader, ("train",), skip_step=skip_step, min_scenes=min_1pct_scenes)["train"]
     full["train_1pct"] = Split(name="train_1pct", scenes=one.scenes, keyframes=one.keyframes, rule=one.rule)
     return full
+
 
 # -- SemanticKITTI ----------------------------------------------------------------------------------
 def kitti_velodyne_paths(root: str | os.PathLike, sequences: Iterable[str]) -> list[str]:
@@ -127,9 +134,11 @@ def kitti_velodyne_paths(root: str | os.PathLike, sequences: Iterable[str]) -> l
         paths.extend(os.path.join(vdir, f) for f in os.listdir(vdir) if f.endswith(".bin"))
     return sorted(paths)
 
+
 def _kitti_id(path: str) -> str:
     seq = os.path.basename(os.path.dirname(os.path.dirname(path)))
     return f"{seq}/{os.path.splitext(os.path.basename(path))[0]}"
+
 
 def make_kitti_splits(
     root: str | os.PathLike,
@@ -159,6 +168,7 @@ def make_kitti_splits(
         ),
     }
 
+
 # -- files ------------------------------------------------------------------------------------------
 def write_split_file(path: str | os.PathLike, splits: dict[str, Split]) -> None:
     """Write splits as JSON: {"format": 1, "splits": {name: {scenes, keyframes, rule}}}, atomically,
@@ -166,6 +176,7 @@ def write_split_file(path: str | os.PathLike, splits: dict[str, Split]) -> None:
 
     doc = {"format": SPLIT_FILE_FORMAT, "splits": {k: asdict(v) for k, v in splits.items()}}
     atomic_write_json(str(path), doc, indent=1)
+
 
 def read_split_file(path: str | os.PathLike) -> dict[str, Split]:
     """Read a file written by :func:`write_split_file`. DataError naming the file if malformed."""

@@ -22,6 +22,7 @@ from afov_ray.storage import uri as suri
 
 COLUMNS = ("sample_token", "labels", "pseudo")
 
+
 def pairing_confusions(pairing_uri: str, split_file: str, splits: tuple[str, ...] = ("train", "val"),
                        num_classes: int = 17) -> dict[str, np.ndarray]:
     """{split: H[gt, pseudo] (C, C) int64} over every ``*.parquet`` shard under ``pairing_uri``; a keyframe
@@ -64,6 +65,7 @@ def pairing_confusions(pairing_uri: str, split_file: str, splits: tuple[str, ...
             out[split] = out.get(split, 0) + H
     return out
 
+
 def balance_rows(mats: dict[str, np.ndarray], class_names: list[str], splits: tuple[str, ...] = ("train", "val")
                  ) -> list[dict]:
     """One dict per class with ground truth in any of ``splits``: points, pseudo-label recall and IoU per
@@ -86,6 +88,7 @@ def balance_rows(mats: dict[str, np.ndarray], class_names: list[str], splits: tu
         if any(row[s]["points"] for s in present):
             rows.append(row)
     return rows
+
 
 def markdown(rows: list[dict], splits: tuple[str, ...] = ("train", "val")) -> list[str]:
     """Markdown lines: class | per split: points, pseudo recall, most frequent wrong pseudo-label."""

@@ -24,25 +24,34 @@ readable and writable with ``encode_official`` / ``decode_official``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
+from afov_ray.config import option
 from afov_ray.errors import DataError
 from afov_ray.geometry.projection import project_points
 
 OFFICIAL_STRIDE = 150
 
+
 @dataclass
 class PairingConfig:
-    rule: str = "zbuffer"            # "zbuffer" (default) | "official"
-    min_depth: float = 1.0
-    superpixel_stride: int = OFFICIAL_STRIDE
-    occlusion: bool = True           # z-buffer test (rule "zbuffer" only)
-    occlusion_window_deg: float = 1.5   # min-filter window as a view angle (>= the LiDAR ring spacing,
-                                        # 1.33 deg on nuScenes, so occluders between rings are caught)
-    occlusion_rel_tol: float = 0.10  # visible iff depth <= window_min_depth * (1 + rel) + abs
-    occlusion_abs_tol: float = 0.5
-    multi_camera: str = "centre"     # rule "zbuffer": "centre" (closest to the image centre) | "last"
+    rule: Literal["zbuffer", "official"] = option(
+        "zbuffer", "zbuffer (ours, default: occlusion test + one camera per point) | official (last camera wins, no "
+                   "occlusion test)")
+    min_depth: float = option(1.0, "points closer than this (camera depth, m) are not projected (official 1.0)", min=0)
+    superpixel_stride: int = option(OFFICIAL_STRIDE, "superpixel id stride per camera (official 150); masks must stay "
+                                                     "below it", min=2)
+    occlusion: bool = option(True, "z-buffer occlusion test (rule zbuffer only)")
+    occlusion_window_deg: float = option(1.5, "min-filter window of the occlusion test as a view angle (>= the LiDAR "
+                                              "ring spacing, 1.33 deg on nuScenes, so occluders between rings count)",
+                                         gt=0)
+    occlusion_rel_tol: float = option(0.10, "visible iff depth <= window_min_depth * (1 + rel_tol) + abs_tol", min=0)
+    occlusion_abs_tol: float = option(0.5, "absolute tolerance of the occlusion test (m)", min=0)
+    multi_camera: Literal["centre", "last"] = option(
+        "centre", "rule zbuffer, a point seen by several cameras: centre (closest to an image centre) | last")
+
 
 @dataclass
 class CameraMasks:
@@ -50,6 +59,7 @@ class CameraMasks:
 
     mask_map: np.ndarray        # (H, W) integer mask ids, 0 = no mask
     mask_text: dict[int, int]   # mask id -> text index
+
 
 @dataclass
 class Pairing:
@@ -63,12 +73,14 @@ class Pairing:
     superpoint: np.ndarray       # (N,) int32 superpoint id; -1 none
     stats: dict = field(default_factory=dict)
 
+
 def encode_official(superpoint: np.ndarray, raw: np.ndarray) -> np.ndarray:
     """``id*100 + raw`` as int32, -1 where no superpoint (section 4.4)."""
     sp = np.asarray(superpoint, dtype=np.int64)
     out = sp * 100 + np.asarray(raw, dtype=np.int64)
     out[sp < 0] = -1
     return out.astype(np.int32)
+
 
 def decode_official(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(superpoint id, raw class) from the official encoding; -1 decodes to (-1, 99) like numpy."""
@@ -77,12 +89,14 @@ def decode_official(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sp = np.where(code < 0, -1, code // 100)
     return sp.astype(np.int32), raw.astype(np.int16)
 
+
 def _project(xyz: np.ndarray, lidar_to_cam: np.ndarray, K: np.ndarray, width: int, height: int,
              min_depth: float):
     """Kept point indices, (row, col) pixels and depths with the official bounds (0 < u < W-1)."""
 
     pr = project_points(xyz, lidar_to_cam, K, width, height, min_depth=min_depth, bounds="afov")
     return pr.point_idx, pr.pixel, pr.depth, pr.uv
+
 
 def min_filter(img: np.ndarray, window: int) -> np.ndarray:
     """Separable min filter with edge padding (numpy only)."""
@@ -101,6 +115,7 @@ def min_filter(img: np.ndarray, window: int) -> np.ndarray:
         out = acc
     return out
 
+
 def occlusion_test(pixel: np.ndarray, depth: np.ndarray, height: int, width: int, cfg: PairingConfig,
                    focal: float = 1266.0) -> np.ndarray:
     """Visible mask for projected points: a sparse LiDAR depth image, min-filtered over a window of
@@ -111,6 +126,7 @@ def occlusion_test(pixel: np.ndarray, depth: np.ndarray, height: int, width: int
     win = max(1, int(round(focal * np.tan(np.radians(cfg.occlusion_window_deg)))) | 1)
     occ = min_filter(zbuf, win)[pixel[:, 0], pixel[:, 1]]
     return depth <= occ * (1.0 + cfg.occlusion_rel_tol) + cfg.occlusion_abs_tol
+
 
 def pair_keyframe(keyframe, masks: list[CameraMasks | None], text_to_raw: np.ndarray,
                   raw_to_eval: np.ndarray, cfg: PairingConfig | None = None, num_classes: int = 17) -> Pairing:
@@ -188,6 +204,7 @@ def pair_keyframe(keyframe, masks: list[CameraMasks | None], text_to_raw: np.nda
     return Pairing(point=point, camera=camera, pixel=pixel, mask=mask,
                    superpixel=camera * cfg.superpixel_stride + mask, pseudo_raw=pseudo_raw,
                    pseudo_eval=pseudo_eval, superpoint=superpoint, stats=stats)
+
 
 def coverage_stats(pseudo_eval: np.ndarray, gt: np.ndarray | None, num_classes: int = 17) -> dict:
     """Coverage (fraction of points with a pseudo-label != 0) and agreement with ground truth on the

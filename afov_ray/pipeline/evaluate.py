@@ -54,6 +54,7 @@ from afov_ray.train.tracking import Tracker, TrackingConfig
 
 SUBSETS = ("all", "visible", "unseen")
 
+
 @dataclass
 class EvaluateConfig:
     sources: list[str] = option(["pred", "pred_afi", "pseudo"], "prediction columns to score (missing ones "
@@ -74,6 +75,7 @@ class EvaluateConfig:
     tracking: TrackingConfig = option(TrackingConfig(enabled=False), "MLflow logging of the metrics")
     exec: ExecConfig = option(ExecConfig(cpus_per_item=0.5), "how items run (Ray tasks)")
 
+
 RULES = {
     "confusion": "one dataset-level H[gt, pred] over all points of all scans (official utils/metrics.py)",
     "ignore": "GT class 0 row zeroed; prediction-0 column kept (a 0 prediction on a labelled point is a miss)",
@@ -81,6 +83,7 @@ RULES = {
     "miou": "mean over classes 1..C-1",
     "fwiou": "official 'fwIoU' = sum_c H_cc / (2 sum H - sum_c H_cc) (a micro IoU)",
 }
+
 
 def _visible_mask(row: dict, mode: str) -> tuple[np.ndarray | None, str]:
     if mode in ("auto", "column") and row.get("visible") is not None:
@@ -90,6 +93,7 @@ def _visible_mask(row: dict, mode: str) -> tuple[np.ndarray | None, str]:
     if mode in ("auto", "pseudo") and row.get("pseudo") is not None:
         return np.asarray(row["pseudo"]) > 0, "pseudo > 0 (point has a 2D pseudo-label)"
     return None, "none"
+
 
 def scene_confusions(shard: S.Shard, sources: list[str], num_classes: int, visible: str = "auto") -> dict:
     """Confusion matrices of one prediction shard: {"matrices": {source: {subset: (C, C) int64 list}},
@@ -133,6 +137,7 @@ def scene_confusions(shard: S.Shard, sources: list[str], num_classes: int, visib
     return {"matrices": {s: {k: m.tolist() for k, m in mats[s].items()} for s in sources if s in present},
             "scans": scans, "points": points, "visible_mask": sorted(masks_used), "skipped": skipped}
 
+
 class EvaluatePass(ShardPass):
     name = "evaluate"
     compute = "tasks"
@@ -158,6 +163,7 @@ class EvaluatePass(ShardPass):
             raise DataError(item.key, f"no scan could be scored ({reasons})")
         return ItemResult(item.key, stats=part, skipped=skipped)
 
+
 def collect(records: list[dict], num_classes: int) -> dict:
     """Sum the per-scene matrices of the evaluate records."""
     C = num_classes
@@ -171,6 +177,7 @@ def collect(records: list[dict], num_classes: int) -> dict:
             "scans": sum(r["stats"]["scans"] for r in records), "points": sum(r["stats"]["points"] for r in records),
             "visible_mask": sorted({m for r in records for m in r["stats"]["visible_mask"]}),
             "errors": [dict(s, stage="evaluate") for r in records for s in r.get("skipped", [])]}
+
 
 def report(collected: dict, cfg: EvaluateConfig, names: list[str]) -> dict:
     """The metrics document: per source and subset, per-class IoU, mIoU, fwIoU, accuracy, points,
@@ -192,6 +199,7 @@ def report(collected: dict, cfg: EvaluateConfig, names: list[str]) -> dict:
             out["sources"][s][k] = rep
     return out
 
+
 def markdown_table(doc: dict) -> str:
     """Per-class IoU (%) table: one column per (source, subset), then mIoU / fwIoU / accuracy rows."""
     cols = [(s, k) for s, d in doc["sources"].items() for k in SUBSETS if k in d]
@@ -208,6 +216,7 @@ def markdown_table(doc: dict) -> str:
               f"Empty-union rule: {doc['rules']['empty_union']}.",
               "GT-0 row ignored, prediction-0 column kept (a 0 prediction is a miss); mIoU over classes 1..C-1."]
     return "\n".join(lines) + "\n"
+
 
 def make_plots(inputs: dict[str, S.Shard], doc: dict, collected: dict, cfg: EvaluateConfig, out_dir: str) -> list[str]:
     """Confusion heatmaps, per-class IoU bars, BEV maps of a few scans and a camera overlay."""
@@ -245,6 +254,7 @@ def make_plots(inputs: dict[str, S.Shard], doc: dict, collected: dict, cfg: Eval
             paths.append(p)
     return paths
 
+
 def camera_plot(row: dict, cfg: EvaluateConfig, path: Path) -> str | None:
     """Project one scan's predictions into ``cfg.camera`` (calibration from the sweep shard, image
     from the dataroot); None when the scan or camera is not found."""
@@ -272,6 +282,7 @@ def camera_plot(row: dict, cfg: EvaluateConfig, path: Path) -> str | None:
     lab = np.asarray(row.get("pred_afi") if row.get("pred_afi") is not None else row["pred"])[proj.point_idx]
     return plots.plot_camera(image, proj.uv, lab, path, f"{row['scene']} {cam.channel}: predictions",
                              cfg.num_classes)
+
 
 def run_evaluate(pred_uri: str, out_dir: str, cfg: EvaluateConfig) -> dict:
     """Evaluate the prediction shards in ``pred_uri``; write ``metrics.json``, ``metrics.md`` and plots
@@ -310,6 +321,7 @@ def run_evaluate(pred_uri: str, out_dir: str, cfg: EvaluateConfig) -> dict:
         log_to_mlflow(doc, cfg, pred_uri, out_dir)
     return doc
 
+
 def log_to_mlflow(doc: dict, cfg: EvaluateConfig, pred_uri: str, out_dir: str) -> None:
     """One MLflow run: the config as params, metrics per source / subset / class (``pred/all/iou/car``),
     the JSON / markdown report and the plots as artifacts."""
@@ -332,19 +344,23 @@ def log_to_mlflow(doc: dict, cfg: EvaluateConfig, pred_uri: str, out_dir: str) -
             tr.log_artifact(p, "plots")
         doc["mlflow_run_id"] = tr.run_id
 
+
 def summary_line(doc: dict) -> str:
     parts = [f"{s}: " + ", ".join(f"{k} {100 * d[k]['miou']:.2f}" for k in SUBSETS if k in d)
              for s, d in doc["sources"].items()]
     return "mIoU (%) " + " | ".join(parts) + f"  [{doc['scans']} scans, {doc['points']} points]"
 
+
 def load_metrics(out_dir: str) -> dict:
     return json.loads(U.read_bytes(U.join(out_dir, "metrics.json")))
+
 
 @dataclass
 class EvaluateJob(RayKeys):
     pred: str = option("outputs/demo/pred", "prediction shards folder URI")
     out: str = option("outputs/demo/eval", "local folder for metrics.json / metrics.md / plots")
     eval: EvaluateConfig = option(EvaluateConfig(), "scoring rules, plots, tracking")
+
 
 def evaluate_job(cfg: EvaluateJob) -> int:
     """The body of ``jobs/evaluate.py``."""

@@ -34,6 +34,7 @@ from afov_ray.storage.atomic import atomic_write_bytes, atomic_write_json
 
 META_KEYS = ("use_camera", "use_lidar", "use_radar", "use_map", "use_external")
 
+
 @dataclass
 class SubmissionConfig:
     split: str = option("val", "split name of the submission (folder name and scene set)")
@@ -46,6 +47,7 @@ class SubmissionConfig:
     use_radar: bool = option(False, "submission meta: radar used")
     use_map: bool = option(False, "submission meta: maps used")
     use_external: bool = option(False, "submission meta: external data used (the 2D teachers' training data)")
+
 
 def write_submission(pred_uri: str, out_dir: str, cfg: SubmissionConfig, scenes: list[str] | None = None) -> dict:
     """Write one ``.bin`` per scan of the prediction shards and ``submission.json``; returns
@@ -89,6 +91,7 @@ def write_submission(pred_uri: str, out_dir: str, cfg: SubmissionConfig, scenes:
         except OSError:
             pass
     return {"files": files, "points": points, "bin_dir": bin_dir, "json": json_uri}
+
 
 def submission_scenes(split: str, version: str) -> list[str] | None:
     """The scenes of a submission split: the official nuScenes split of that name (mini_* for a *-mini

@@ -37,12 +37,14 @@ SWEEP_COLUMNS = ["dataset", "scene", "sample_token", "lidar_token", "timestamp",
                  "points", "ring", "raw_labels", "labels", "cam_channel", "cam_token", "cam_image_path",
                  "cam_width", "cam_height", "cam_timestamp", "cam_K", "cam_lidar_to_cam"]
 
+
 @dataclass
 class PairPassConfig:
     pairing: PairingConfig = option(PairingConfig(), "projection and pseudo-label rule")
     dictionary: str = option("nuscenes", "class dictionary: nuscenes | kitti | a YAML file (must match the "
                                          "teacher run's vocabulary)")
     exec: ExecConfig = option(ExecConfig(), "how items run (Ray tasks)")
+
 
 def pairing_schema():
     return pa.schema([
@@ -54,10 +56,12 @@ def pairing_schema():
         ("sp_text", pa.list_(pa.int32())), ("sp_feat", pa.binary()), ("feat_dim", pa.int32()),
     ], metadata={b"afov.pairing_schema": str(PAIRING_SCHEMA_VERSION).encode()})
 
+
 def _zeros_stats(num_classes: int) -> dict:
     return {"keyframes": 0, "num_points": 0, "labelled": 0, "scored": 0, "agree": 0, "missing_cameras": 0,
             "per_class_gt": np.zeros(num_classes, np.int64), "per_class_labelled": np.zeros(num_classes, np.int64),
             "per_class_agree": np.zeros(num_classes, np.int64)}
+
 
 class PairPass(ShardPass):
     name = "pair"
@@ -78,7 +82,6 @@ class PairPass(ShardPass):
         return self._d
 
     def fingerprint(self) -> dict:
-
         return {"teacher_run_id": self.teacher_run_id, "pairing": to_dict(self.cfg.pairing),
                 "dictionary": self.cfg.dictionary}
 
@@ -150,6 +153,7 @@ class PairPass(ShardPass):
     def summarize(self, records: list[dict]) -> dict:
         return summarize(records, list(self.dictionary.eval_class_names))
 
+
 def summarize(records: list[dict], class_names: list[str]) -> dict:
     """Sum per-scene statistics (from done records): coverage, agreement, per-class coverage / agreement."""
     C = len(class_names)
@@ -171,6 +175,7 @@ def summarize(records: list[dict], class_names: list[str]) -> dict:
                                        if per["per_class_labelled"][c] else None)}
         for c in range(1, C) if per["per_class_gt"][c] > 0}
     return tot
+
 
 def run_pair_pass(sweeps_uri: str, teacher_run_uri: str, out_uri: str, cfg: PairPassConfig) -> PassSummary:
     """Pair every scene that has both a sweep shard and a teacher shard (resuming)."""
@@ -195,12 +200,14 @@ def run_pair_pass(sweeps_uri: str, teacher_run_uri: str, out_uri: str, cfg: Pair
     summary.stats["scenes_without_teacher"] = sorted(set(sweeps) - set(teacher))
     return summary
 
+
 @dataclass
 class PairJob(RayKeys):
     sweeps: str = option("outputs/demo/sweeps", "sweeps folder URI")
     teacher_run: str = option("", "teacher run folder URI (<teacher out>/<run_id>, printed by jobs/teacher.py)")
     out: str = option("outputs/demo/pairing", "pairing output folder URI")
     pair: PairPassConfig = option(PairPassConfig(), "projection and pseudo-label rule")
+
 
 def pair_job(cfg: PairJob) -> int:
     """The body of ``jobs/pair.py``."""

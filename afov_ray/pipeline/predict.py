@@ -87,6 +87,7 @@ class PredictConfig:
     afi_cfg: AFIConfig = option(AFIConfig(), "AFI settings when afi=true")
     exec: ExecConfig = option(ExecConfig(), "how items run (an actor pool: each actor holds the model)")
 
+
 def select_scenes(available: list[str], scenes: list[str] | None, split_file: str | None,
                   split: str) -> list[str]:
     """Scenes to process: ``available`` restricted to ``scenes`` and / or a split of a split file."""
@@ -104,6 +105,7 @@ def select_scenes(available: list[str], scenes: list[str] | None, split_file: st
 # ------------------------------------------------------------------------------------------------
 # model
 
+
 def resolve_spec(spec: ModelSpec | None, cfg: PredictConfig) -> ModelSpec:
     """The model's spec with this job's settings checked against it (a model without a spec, e.g. an
     official checkpoint, takes grid / voxel size from the config and the official defaults otherwise)."""
@@ -115,6 +117,7 @@ def resolve_spec(spec: ModelSpec | None, cfg: PredictConfig) -> ModelSpec:
                                         "predict.grid": ("grid", cfg.grid),
                                         "predict.voxel_size": ("voxel_size", cfg.voxel_size)})
     return spec
+
 
 def build_segmentation_model(spec: ModelSpec, state: dict[str, torch.Tensor], engine: str = "torch",
                              source: str = "state") -> torch.nn.Module:
@@ -134,6 +137,7 @@ def build_segmentation_model(spec: ModelSpec, state: dict[str, torch.Tensor], en
             raise DataError(f"{source}:{k}", f"shape {tuple(state[k].shape)} != model's {tuple(v.shape)}")
     model.load_state_dict(state, strict=True)
     return model.eval()
+
 
 @torch.inference_mode()
 def predict_scans(model: torch.nn.Module, rows: list[dict], spec: ModelSpec, suppress_class0: bool = True,
@@ -174,6 +178,7 @@ def predict_scans(model: torch.nn.Module, rows: list[dict], spec: ModelSpec, sup
 # ------------------------------------------------------------------------------------------------
 # the pass
 
+
 def input_kind(columns: list[str], source: str, item: str) -> str:
     if source in ("pairing", "sweeps"):
         return source
@@ -182,6 +187,7 @@ def input_kind(columns: list[str], source: str, item: str) -> str:
     if "lidar_token" in columns and "cam_K" in columns:
         return "sweeps"
     raise DataError(item, f"neither a pairing nor a sweeps shard (columns {columns[:8]}...)")
+
 
 class PredictPass(ShardPass):
     name = "predict"
@@ -279,6 +285,7 @@ class PredictPass(ShardPass):
         return {"scans": scans, "points": points, "item_seconds": secs,
                 "scans_per_item_second": scans / secs if secs > 0 else 0.0}
 
+
 def load_for_predict(cfg: PredictConfig) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     """The model's weights and spec (loaded once on the driver), with the job's settings checked."""
 
@@ -286,6 +293,7 @@ def load_for_predict(cfg: PredictConfig) -> tuple[ModelSpec, dict[str, torch.Ten
     spec = resolve_spec(spec, cfg)
     build_segmentation_model(spec, state, "torch", cfg.model)  # fail fast on a mismatching model
     return spec, state
+
 
 def run_predict(in_uri: str, out_uri: str, cfg: PredictConfig) -> PassSummary:
     """Predict every selected scene of ``in_uri`` (resuming); returns the pass summary."""
@@ -304,6 +312,7 @@ def run_predict(in_uri: str, out_uri: str, cfg: PredictConfig) -> PassSummary:
     summary.stats["scans_per_second"] = summary.stats.get("scans", 0) / wall if wall > 0 else 0.0
     return summary
 
+
 @dataclass
 class PredictJob(RayKeys):
     input: str = option("outputs/demo/pairing", "pairing or sweeps shards folder URI")
@@ -312,6 +321,7 @@ class PredictJob(RayKeys):
     predict: PredictConfig = option(PredictConfig(), "model and inference settings")
     sub: SubmissionConfig = option(SubmissionConfig(), "submission files")
     sub_version: str = option("v1.0-trainval", "nuScenes version (submission split names)")
+
 
 def predict_job(cfg: PredictJob) -> int:
     """The body of ``jobs/predict.py``."""

@@ -40,6 +40,7 @@ from afov_ray.storage.atomic import AtomicParquetWriter
 SWEEPS_DIR = "sweeps"
 SPLITS_NAME = "splits.json"
 
+
 @dataclass
 class PrepareConfig:
     dataset: Literal["nuscenes", "semantickitti"] = option("nuscenes", "which reader to use")
@@ -61,6 +62,7 @@ class PrepareConfig:
 
     def reader_spec(self) -> ReaderSpec:
         return ReaderSpec(self.dataset, self.dataroot, self.version, self.split, cameras=self.cameras)
+
 
 class PreparePass(ShardPass):
     name = "prepare"
@@ -144,8 +146,10 @@ class PreparePass(ShardPass):
         return {"dataset": self.cfg.dataset, "dataroot": self.cfg.dataroot, "version": self.cfg.version,
                 "split": self.cfg.split}
 
+
 class _NoRows(Exception):
     """Raised inside the atomic writer to discard an empty shard."""
+
 
 def write_splits(cfg: PrepareConfig, out_uri: str, reader: Reader) -> dict:
     """Write ``<out>/splits.json`` for the dataset; returns {split: number of scenes}."""
@@ -156,6 +160,7 @@ def write_splits(cfg: PrepareConfig, out_uri: str, reader: Reader) -> dict:
         splits = make_kitti_splits(cfg.dataroot)
     write_split_file(U.join(out_uri, SPLITS_NAME), splits)
     return {k: len(v.scenes) for k, v in splits.items()}
+
 
 def run_prepare(cfg: PrepareConfig, out_uri: str, reader: Reader | None = None) -> PassSummary:
     """Prepare every selected scene (resuming); write splits.json; returns the pass summary
@@ -171,10 +176,12 @@ def run_prepare(cfg: PrepareConfig, out_uri: str, reader: Reader | None = None) 
     summary.seconds = time.perf_counter() - t0
     return summary
 
+
 @dataclass
 class PrepareJob(RayKeys):
     out: str = option("outputs/demo", "output URI, local folder or s3://bucket/prefix; shards go to <out>/sweeps/")
     prepare: PrepareConfig = option(PrepareConfig(), "what to read and how")
+
 
 def prepare_job(cfg: PrepareJob) -> int:
     """The body of ``jobs/prepare.py``."""

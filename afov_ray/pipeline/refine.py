@@ -48,10 +48,12 @@ class AFIPassConfig:
     scenes: list[str] | None = option(None, "restrict to these scenes")
     exec: ExecConfig = option(ExecConfig(), "how items run (an actor pool; use_gpu for CUDA AFI)")
 
+
 def scan_generator(seed: int, token: str) -> torch.Generator:
     """CPU generator for one scan's 2D-assist draw, seeded by (seed, sample token)."""
     h = hashlib.sha256(f"{seed}|{token}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & (2**63 - 1))
+
 
 def check_scan(name: str, xyz: np.ndarray, labels: np.ndarray, num_points: int | None, num_classes: int,
                pseudo: np.ndarray | None = None) -> None:
@@ -72,6 +74,7 @@ def check_scan(name: str, xyz: np.ndarray, labels: np.ndarray, num_points: int |
     if not np.isfinite(xyz).all():
         raise DataError(name, f"{int((~np.isfinite(xyz)).any(1).sum())} points with NaN / inf coordinates")
 
+
 def refine_scan(name: str, xyz: np.ndarray, labels: np.ndarray, pseudo: np.ndarray | None, cfg: AFIConfig,
                 device: str | torch.device = "cpu", num_points: int | None = None) -> tuple[np.ndarray, dict]:
     """``afi_refine`` on one scan after ``check_scan``; returns (refined uint8 (N,), stats)."""
@@ -82,6 +85,7 @@ def refine_scan(name: str, xyz: np.ndarray, labels: np.ndarray, pseudo: np.ndarr
     ps_t = None if pseudo is None or not cfg.use_assist else torch.as_tensor(np.asarray(pseudo, np.int64)).to(device)
     refined, stats = afi_refine(xyz_t, lab_t, cfg, pseudo=ps_t, generator=gen)
     return refined.cpu().numpy().astype(np.uint8), stats
+
 
 class RefinePass(ShardPass):
     name = "afi"
@@ -95,7 +99,6 @@ class RefinePass(ShardPass):
         self.device = "cpu"
 
     def fingerprint(self) -> dict:
-
         return {"afi": to_dict(self.cfg.afi), "input_column": self.cfg.input_column}
 
     def items(self) -> list[PassItem]:
@@ -151,6 +154,7 @@ class RefinePass(ShardPass):
                                                  / max(pts, 1)),
                 "per_scan": per_scan}
 
+
 def run_afi_pass(pred_uri: str, out_uri: str, cfg: AFIPassConfig) -> PassSummary:
     """Refine every prediction shard of ``pred_uri`` (resuming); returns the pass summary (``stats``: scans,
     points, scans/s, mean and point-weighted changed fractions, per-scan figures)."""
@@ -161,11 +165,13 @@ def run_afi_pass(pred_uri: str, out_uri: str, cfg: AFIPassConfig) -> PassSummary
         init_ray()
     return run_pass(RefinePass(cfg, inputs, out_uri))
 
+
 @dataclass
 class AFIJob(RayKeys):
     pred: str = option("outputs/demo/pred", "prediction shards folder URI")
     out: str = option("outputs/demo/pred_afi", "refined shards folder URI")
     afi_pass: AFIPassConfig = option(AFIPassConfig(), "AFI settings and execution")
+
 
 def afi_job(cfg: AFIJob) -> int:
     """The body of ``jobs/afi.py``."""

@@ -55,6 +55,7 @@ SUMMARY_NAME = "_summary.json"
 
 EXIT_OK, EXIT_PARTIAL, EXIT_CONFIG, EXIT_NOTHING = 0, 1, 2, 3
 
+
 @dataclass
 class ExecConfig:
     use_ray: bool = option(True, "run items as Ray tasks / actors; false: one by one in this process (debugging)")
@@ -67,10 +68,12 @@ class ExecConfig:
                                           "shards present")
     progress: bool = option(True, "show a progress bar")
 
+
 @dataclass
 class PassItem:
     key: str                        # the item name (a scene): the output shard is <out>/<key>.parquet
     payload: dict = field(default_factory=dict)
+
 
 @dataclass
 class ItemResult:
@@ -83,6 +86,7 @@ class ItemResult:
     seconds: float = 0.0
     node: str = ""
     fatal: bool = False             # a ConfigError: stop the whole pass
+
 
 @dataclass
 class PassSummary:
@@ -115,6 +119,7 @@ class PassSummary:
         if len(self.skipped) > 50:
             out.append(f"  ... and {len(self.skipped) - 50} more skipped (see {U.join(self.out, ERRORS_NAME)})")
         return out
+
 
 class ShardPass:
     """Base class of a pass (see the module docstring). Subclasses are plain picklable objects."""
@@ -165,14 +170,17 @@ class ShardPass:
 # ------------------------------------------------------------------------------------------------
 # records
 
+
 def _record_uri(out: str, key: str) -> str:
     return U.join(out, DONE_DIR, f"{U.check_component(key, 'item name')}.json")
+
 
 def _write_record(p: ShardPass, res: ItemResult) -> None:
     rec = {"key": res.key, "shard": res.shard, "stats": res.stats, "skipped": res.skipped,
            "seconds": round(res.seconds, 3), "node": res.node, "fingerprint": p.fingerprint(),
            "schema": p.schema_name, "schema_version": p.schema_version}
     atomic_write_json(_record_uri(p.out, res.key), json.loads(json.dumps(rec, default=_jsonable)))
+
 
 def _jsonable(v):
     import numpy as np
@@ -182,6 +190,7 @@ def _jsonable(v):
     if isinstance(v, np.ndarray):
         return v.tolist()
     return str(v)
+
 
 def load_records(p: ShardPass) -> dict[str, dict]:
     """Valid done records of the output folder: {key: record}. A record whose fingerprint differs from
@@ -217,7 +226,9 @@ def load_records(p: ShardPass) -> dict[str, dict]:
 # ------------------------------------------------------------------------------------------------
 # running one item (worker side)
 
+
 _SETUP_CACHE: dict[str, ShardPass] = {}
+
 
 def _node_id() -> str:
     try:
@@ -228,6 +239,7 @@ def _node_id() -> str:
     except Exception:  # noqa: BLE001
         pass
     return "local"
+
 
 def execute_item(p: ShardPass, item: PassItem) -> ItemResult:
     """Run one item with isolation; the done record is written here, right after the shard."""
@@ -257,6 +269,7 @@ def execute_item(p: ShardPass, item: PassItem) -> ItemResult:
             _write_record(p, res)
     return res
 
+
 def _cached_setup(p: ShardPass) -> ShardPass:
     key = f"{type(p).__module__}.{type(p).__name__}|{p.out}|{json.dumps(p.fingerprint(), sort_keys=True, default=str)}"
     if key not in _SETUP_CACHE:
@@ -265,8 +278,10 @@ def _cached_setup(p: ShardPass) -> ShardPass:
         _SETUP_CACHE[key] = p
     return _SETUP_CACHE[key]
 
+
 def _task_entry(p: ShardPass, item: PassItem) -> ItemResult:
     return execute_item(_cached_setup(p), item)
+
 
 class _PassActor:
     def __init__(self, p: ShardPass):
@@ -282,8 +297,10 @@ class _PassActor:
 # ------------------------------------------------------------------------------------------------
 # the driver
 
+
 def _fail(key: str, message: str) -> ItemResult:
     return ItemResult(key, "failed", error={"item": key, "message": message})
+
 
 def _run_local(p: ShardPass, todo: list[PassItem], bar) -> list[ItemResult]:
     p.setup()
@@ -295,6 +312,7 @@ def _run_local(p: ShardPass, todo: list[PassItem], bar) -> list[ItemResult]:
         if res.fatal:
             raise ConfigError(res.error["message"])
     return out
+
 
 def _run_tasks(p: ShardPass, todo: list[PassItem], bar) -> list[ItemResult]:
     import ray
@@ -321,6 +339,7 @@ def _run_tasks(p: ShardPass, todo: list[PassItem], bar) -> list[ItemResult]:
         for ref in pending:
             ray.cancel(ref, force=True)
     return out
+
 
 def _run_actors(p: ShardPass, todo: list[PassItem], bar) -> list[ItemResult]:
     import ray
@@ -368,6 +387,7 @@ def _run_actors(p: ShardPass, todo: list[PassItem], bar) -> list[ItemResult]:
         for a in actors:
             ray.kill(a, no_restart=True)
     return out
+
 
 def run_pass(p: ShardPass, items: list[PassItem] | None = None) -> PassSummary:
     """Run pass ``p`` over its items (or the ``items`` given), resuming; see the module docstring."""

@@ -34,6 +34,7 @@ CAMERA_COLUMNS = ["dataset", "scene", "sample_token", "lidar_token", "timestamp"
                   "points", "ring", "raw_labels", "labels", "cam_channel", "cam_token", "cam_image_path",
                   "cam_width", "cam_height", "cam_timestamp", "cam_K", "cam_lidar_to_cam"]
 
+
 @dataclass
 class TeacherPassConfig:
     teacher: Literal["simulated", "maskclip"] = option(
@@ -49,6 +50,7 @@ class TeacherPassConfig:
         if self.teacher == "simulated":
             return SimulatedBackend(self.sim, self.dictionary, self.dataroot, self.version)
         return MaskCLIPBackend(self.maskclip, self.dictionary, self.dataroot)
+
 
 class TeacherPass(ShardPass):
     name = "teacher"
@@ -99,6 +101,7 @@ class TeacherPass(ShardPass):
     def manifest_info(self) -> dict:
         return {"run_id": self.run.run_id}
 
+
 def run_teacher_pass(sweeps_uri: str, out_uri: str, cfg: TeacherPassConfig) -> PassSummary:
     """Label every camera image of the sweep shards; returns the pass summary, whose ``stats`` carry
     ``run_id`` and ``run_uri`` (the folder to give the pair pass)."""
@@ -114,11 +117,13 @@ def run_teacher_pass(sweeps_uri: str, out_uri: str, cfg: TeacherPassConfig) -> P
     summary.stats.update(run_id=run.run_id, run_uri=run_uri)
     return summary
 
+
 @dataclass
 class TeacherJob(RayKeys):
     sweeps: str = option("outputs/demo/sweeps", "sweeps folder URI (prepare output)")
     out: str = option("outputs/demo/teacher", "teacher output root URI (a run folder <out>/<run_id> is made)")
     teacher: TeacherPassConfig = option(TeacherPassConfig(), "which teacher and how")
+
 
 def teacher_job(cfg: TeacherJob) -> int:
     """The body of ``jobs/teacher.py``."""

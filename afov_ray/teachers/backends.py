@@ -42,6 +42,7 @@ class TeacherBackend(Protocol):
     def label(self, kf: Keyframe, cam: CameraFrame) -> TeacherImage:
         ...
 
+
 def image_record(kf: Keyframe, cam: CameraFrame, mask_map: np.ndarray, text_of_mask: dict[int, int],
                  features: np.ndarray, is_thing: np.ndarray | None = None) -> TeacherImage:
     """A TeacherImage from a mask map and its {mask id: text index} table (ids ascending)."""
@@ -52,6 +53,7 @@ def image_record(kf: Keyframe, cam: CameraFrame, mask_map: np.ndarray, text_of_m
                         mask_ids=ids, text_index=np.array([text_of_mask[j] for j in ids], dtype=np.int64),
                         area=area.astype(np.int64), features=features, is_thing=is_thing,
                         camera_token=cam.token, scene_token=kf.scene)
+
 
 class SimulatedBackend:
     """Generated datasets only: the generator's scene is re-rendered per camera and corrupted."""
@@ -64,7 +66,6 @@ class SimulatedBackend:
         self._emb: np.ndarray | None = None
 
     def run_record(self):
-
         d = ClassDictionary.load(self.dictionary)
         emb = simulated_text_embeddings(list(d.texts), d.text_to_category, dim=self.cfg.feature_dim, seed=self.cfg.seed)
         s = self.cfg
@@ -75,7 +76,6 @@ class SimulatedBackend:
         return run, TextEmbeddingTable(embeddings=emb, void_row=False, num_texts=d.num_texts), {}
 
     def setup(self, text: TextEmbeddingTable) -> None:
-
         self._d = ClassDictionary.load(self.dictionary)
         self._emb = text.vocabulary_rows
         if not has_scene_record(self.dataroot):
@@ -83,12 +83,12 @@ class SimulatedBackend:
                                            "(afov_ray.datasets.synth); for real data use teacher=maskclip")
 
     def label(self, kf: Keyframe, cam: CameraFrame) -> TeacherImage:
-
         d = self._d
         r = render_sample_data(self.dataroot, cam.token, version=self.version)
         mm, mt, feats, thing = simulate_image(r["semantic"], r["instance"], r["depth"], list(d.texts),
                                               d.text_to_category, d.category_to_raw, self._emb, self.cfg, key=cam.token)
         return image_record(kf, cam, mm, mt, feats, thing)
+
 
 class MaskCLIPBackend:
     """The built-in MaskCLIP teacher; reads each camera image from the dataroot (local or s3://)."""
@@ -100,7 +100,6 @@ class MaskCLIPBackend:
         self._teacher = None
 
     def run_record(self):
-
         d = ClassDictionary.load(self.dictionary)
         teacher = MaskCLIPTeacher(self.cfg, list(d.texts))
         emb = teacher.text_embeddings.cpu().numpy().astype(np.float32)
@@ -110,12 +109,10 @@ class MaskCLIPBackend:
             "maskclip": config_record(self.cfg)}
 
     def setup(self, text: TextEmbeddingTable) -> None:
-
         d = ClassDictionary.load(self.dictionary)
         self._teacher = MaskCLIPTeacher(self.cfg, list(d.texts), text_embeddings=text.vocabulary_rows)
 
     def label(self, kf: Keyframe, cam: CameraFrame) -> TeacherImage:
-
         path = U.join(self.dataroot, cam.image_path) if self.dataroot else cam.image_path
         try:
             data = U.read_bytes(path)

@@ -131,9 +131,11 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, self.weight.float() if self.weight is not None else None,
                             self.bias.float() if self.bias is not None else None, self.eps).to(x.dtype)
 
+
 class QuickGELU(nn.Module):
     def forward(self, x):
         return x * torch.sigmoid(1.702 * x)
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names."""
@@ -160,6 +162,7 @@ class Attention(nn.Module):
         v = F.linear(x, self.in_proj_weight[2 * c:], self.in_proj_bias[2 * c:])
         return self.out_proj(v)
 
+
 class ResidualAttentionBlock(nn.Module):
     def __init__(self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool):
         super().__init__()
@@ -181,6 +184,7 @@ class ResidualAttentionBlock(nn.Module):
         v = x + self.attn.value_path(self.ln_1(x))
         return v + self.mlp(self.ln_2(v))
 
+
 class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool):
         super().__init__()
@@ -192,6 +196,7 @@ class Transformer(nn.Module):
         for blk in self.resblocks:
             x = blk(x, causal=causal)
         return x
+
 
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: CLIPConfig):
@@ -248,6 +253,7 @@ class VisionTransformer(nn.Module):
         x = blocks[-1].forward_value_path(x)
         x = self.ln_post(x[:, 1:]) @ self.proj
         return x.reshape(x.shape[0], gh, gw, -1)
+
 
 class CLIP(nn.Module):
     """open_clip-compatible ViT CLIP (module docstring lists the state-dict keys)."""

@@ -38,11 +38,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from afov_ray.config import option
 from afov_ray.errors import DataError
 from afov_ray.teachers.clip_model import OPENAI_MEAN, OPENAI_STD, clip_config, load_clip
 from afov_ray.teachers.clip_tokenizer import CLIPTokenizer
@@ -82,21 +83,25 @@ VILD_TEMPLATES: tuple[str, ...] = (
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"imagenet": IMAGENET_TEMPLATES, "vild": VILD_TEMPLATES, "plain": ("{}",)}
 
+
 @dataclass
 class MaskCLIPConfig:
-    name: str = "maskclip"
-    model: str = "ViT-L-14-336"      # clip_model preset: ViT-B-16 | ViT-L-14-336 | tiny
-    quick_gelu: bool = True          # True for OpenAI weights; False for LAION / DataComp open_clip weights
-    weights: str = ""                # local .pt / .pth / .bin / .safetensors state dict; "" = random init (tests)
-    bpe_path: str = ""               # local bpe_simple_vocab_16e6.txt.gz (open_clip wheel / OpenAI CLIP repo)
-    templates: str = "imagenet"      # imagenet (80, CAT-Seg) | vild (14, SAN / FC-CLIP) | plain ("{}")
-    custom_templates: list[str] = field(default_factory=list)   # replaces `templates` when non-empty
-    image_short_side: int = 336      # CLIP input short side (336 -> 24 rows of 14-px patches)
-    device: str = "auto"             # auto (cuda if available) | cpu | cuda | cuda:N
-    amp: bool = True                 # float16 autocast for the image tower on CUDA
-    row_chunk: int = 0               # output rows per chunk for the argmax / pooling; 0 = auto (CUDA 64, CPU 8)
-    text_batch: int = 256            # prompts per text-encoder batch
-    seed: int = 0                    # random-init seed (weights == "")
+    name: str = option("maskclip", "teacher name (the run id is derived from it and the settings)")
+    model: Literal["ViT-B-16", "ViT-L-14-336", "tiny"] = option("ViT-L-14-336", "CLIP architecture preset")
+    quick_gelu: bool = option(True, "QuickGELU activations (OpenAI weights); false for LAION / DataComp weights")
+    weights: str = option("", "local CLIP weights (.pt / .pth / .bin / .safetensors state dict); required unless "
+                              "allow_random_weights")
+    bpe_path: str = option("", "CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz); empty: the copy shipped in the "
+                               "package")
+    templates: Literal["imagenet", "vild", "plain"] = option(
+        "imagenet", "prompt templates: imagenet (80, CAT-Seg) | vild (14, SAN / FC-CLIP) | plain ('{}')")
+    custom_templates: list[str] = option([], "prompt templates replacing `templates` when non-empty")
+    image_short_side: int = option(336, "CLIP input short side (336 -> 24 rows of 14-px patches)", min=16)
+    device: str = option("auto", "auto (cuda if available) | cpu | cuda | cuda:N")
+    amp: bool = option(True, "float16 autocast for the image tower on CUDA")
+    row_chunk: int = option(0, "output rows per chunk for the argmax / pooling; 0 = auto (CUDA 64, CPU 8)", min=0)
+    text_batch: int = option(256, "prompts per text-encoder batch", min=1)
+    seed: int = option(0, "random-init seed (only with allow_random_weights)")
 
     def template_list(self) -> tuple[str, ...]:
         if self.custom_templates:
@@ -106,8 +111,8 @@ class MaskCLIPConfig:
         return TEMPLATE_SETS[self.templates]
 
     def clip_config(self):
-
         return clip_config(self.model, quick_gelu=self.quick_gelu)
+
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
@@ -117,7 +122,9 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
+
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
 
 def weights_id(path: str) -> str:
     """``sha256-<16 hex>`` of the weights file (cached by path, size, mtime), or ``random-init``."""
@@ -136,6 +143,7 @@ def weights_id(path: str) -> str:
         _SHA_CACHE[key] = f"sha256-{h.hexdigest()[:16]}"
     return _SHA_CACHE[key]
 
+
 def model_id(cfg: MaskCLIPConfig) -> str:
     """Identity of the teacher for the run record: preset, activation, weights hash, input size, templates."""
     tpl = hashlib.sha256(json.dumps(list(cfg.template_list())).encode()).hexdigest()[:8]
@@ -144,6 +152,7 @@ def model_id(cfg: MaskCLIPConfig) -> str:
         wid += f"-s{cfg.seed}"
     act = "quickgelu" if cfg.quick_gelu else "gelu"
     return f"maskclip:{cfg.model}:{act}:{wid}:short{cfg.image_short_side}:tpl-{tpl}"
+
 
 def bilinear_taps(n_out: int, n_in: int):
     """Source indices and weights of 1-D bilinear up-sampling with ``align_corners=False``
@@ -156,6 +165,7 @@ def bilinear_taps(n_out: int, n_in: int):
     i1 = (i0 + 1).clamp_max(n_in - 1)
     lam = (src - i0.double()).float()
     return i0, i1, lam
+
 
 def label_and_pool(feats, text_emb, out_hw: tuple[int, int], row_chunk: int = 0):
     """Per-pixel text labels at ``out_hw`` and per-text feature sums, without full-resolution tensors.
@@ -201,6 +211,7 @@ def label_and_pool(feats, text_emb, out_hw: tuple[int, int], row_chunk: int = 0)
     sums = weight.float() @ feats.reshape(h * w, D)                # (T, D)
     area = torch.bincount(labels.reshape(-1), minlength=T)
     return labels, sums, area
+
 
 class MaskCLIPTeacher:
     """MaskCLIP teacher over a fixed vocabulary (module docstring). Loads the model once.
@@ -325,6 +336,7 @@ class MaskCLIPTeacher:
                             area=out["area"], features=out["features"], is_thing=None,
                             camera_token=camera_token, scene_token=scene_token)
 
+
 def decode_image(data: bytes, item: str) -> np.ndarray:
     """Encoded image bytes (JPEG / PNG ...) -> (H, W, 3) uint8 RGB; DataError naming ``item``."""
     import io
@@ -336,6 +348,7 @@ def decode_image(data: bytes, item: str) -> np.ndarray:
             return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(item, f"unreadable camera image: {exc}") from exc
+
 
 def config_record(cfg: MaskCLIPConfig) -> dict[str, Any]:
     """Plain-data view of the config for run records."""

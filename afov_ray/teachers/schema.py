@@ -41,6 +41,7 @@ from afov_ray.storage.atomic import atomic_write_bytes, atomic_write_json
 DEFAULT_FEATURE_DIM = 768
 SCHEMA_VERSION = "1"
 
+
 # ---------------------------------------------------------------------- runs and text embeddings
 @dataclass(frozen=True)
 class TeacherRun:
@@ -84,6 +85,7 @@ class TeacherRun:
             raise DataError(item, f"run_id {d['run_id']!r} does not match its fields ({run.run_id!r})")
         return run
 
+
 @dataclass(frozen=True)
 class TextEmbeddingTable:
     """Text embeddings of one run: ``num_texts`` vocabulary rows, then one void row iff ``void_row``.
@@ -119,13 +121,15 @@ class TextEmbeddingTable:
         """(D,) void embedding, or None when the run has none."""
         return self.embeddings[self.num_texts] if self.void_row else None
 
+
 RUN_RECORD = "run.json"
 TEXT_EMBEDDING = "text_embedding.npy"
 IMAGES_DIR = "images"
 
-def run_uri(root: str | os.PathLike, run: TeacherRun) -> str:
 
+def run_uri(root: str | os.PathLike, run: TeacherRun) -> str:
     return U.join(str(root), run.run_id)
+
 
 def write_run(root: str | os.PathLike, run: TeacherRun, text: TextEmbeddingTable, extra: dict | None = None) -> str:
     """Write ``run.json`` and ``text_embedding.npy`` under ``<root>/<run_id>/`` (local or s3://, atomic);
@@ -141,6 +145,7 @@ def write_run(root: str | os.PathLike, run: TeacherRun, text: TextEmbeddingTable
     atomic_write_json(U.join(d, RUN_RECORD), json.loads(json.dumps(meta, default=str)))
     return d
 
+
 def read_run_record(path: str | os.PathLike) -> dict[str, Any]:
     """``run.json`` of a run folder (local or s3://) as a dict; DataError naming the file."""
 
@@ -154,6 +159,7 @@ def read_run_record(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise DataError(item, "run record is not a JSON object")
     return meta
+
 
 def read_run(path: str | os.PathLike) -> tuple[TeacherRun, TextEmbeddingTable]:
     """Read a run folder written by :func:`write_run` (local or s3://)."""
@@ -171,6 +177,7 @@ def read_run(path: str | os.PathLike) -> tuple[TeacherRun, TextEmbeddingTable]:
         raise DataError(emb_uri, e.message) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(U.join(str(path), RUN_RECORD), f"bad run record: {exc!r}") from None
+
 
 # ---------------------------------------------------------------------- per-image records
 @dataclass
@@ -231,6 +238,7 @@ class TeacherImage:
         if missing.size:
             raise DataError(item, f"mask ids {missing[:10].tolist()} appear in the mask map but not in the mask table")
 
+
 def superpixel_feature_table(
     images: Sequence[TeacherImage], superpixel_size: int = 150
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -252,6 +260,7 @@ def superpixel_feature_table(
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float16), np.zeros(0, np.int64)
     return np.concatenate(ids), np.concatenate(feats), np.concatenate(texts)
 
+
 def encode_mask_map(mask_map: np.ndarray) -> bytes:
     """Lossless PNG bytes: 8-bit greyscale for uint8 maps, 16-bit greyscale for uint16 maps."""
     from PIL import Image
@@ -261,6 +270,7 @@ def encode_mask_map(mask_map: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(mask_map)).save(buf, format="PNG")
     return buf.getvalue()
+
 
 def decode_mask_map(data: bytes, item: str = "mask_map") -> np.ndarray:
     """Inverse of :func:`encode_mask_map` (uint8 or uint16 array)."""
@@ -274,6 +284,7 @@ def decode_mask_map(data: bytes, item: str = "mask_map") -> np.ndarray:
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(item, f"unreadable mask PNG: {exc}") from exc
     return arr.astype(np.uint16) if arr.dtype != np.uint8 else arr
+
 
 def image_schema():
     """The pyarrow schema of teacher image shards (pyarrow is imported on first use)."""
@@ -298,6 +309,7 @@ def image_schema():
         ],
         metadata={b"afov.teacher_image_schema": SCHEMA_VERSION.encode()},
     )
+
 
 def to_table(images: Iterable[TeacherImage], run_id: str | None = None):
     """TeacherImages -> pyarrow Table with :func:`image_schema` (run id in the schema metadata)."""
@@ -325,6 +337,7 @@ def to_table(images: Iterable[TeacherImage], run_id: str | None = None):
         schema = schema.with_metadata(schema.metadata | {b"afov.run_id": run_id.encode()})
     return pa.Table.from_pydict(cols, schema=schema)
 
+
 def from_row(row: dict[str, Any]) -> TeacherImage:
     """One row (``table.to_pylist()`` element) -> TeacherImage; errors name ``<sample_token>/<camera>``."""
     item = f"{row.get('sample_token')}/{row.get('camera')}"
@@ -347,8 +360,10 @@ def from_row(row: dict[str, Any]) -> TeacherImage:
         scene_token=row.get("scene_token") or "",
     )
 
+
 def from_table(table) -> list[TeacherImage]:
     return [from_row(r) for r in table.to_pylist()]
+
 
 def images_table(images: Sequence[TeacherImage], *, num_texts: int, feature_dim: int | None = DEFAULT_FEATURE_DIM,
                  run_id: str | None = None):
@@ -356,6 +371,7 @@ def images_table(images: Sequence[TeacherImage], *, num_texts: int, feature_dim:
     for im in images:
         im.validate(num_texts, feature_dim)
     return to_table(images, run_id=run_id)
+
 
 def read_scene_shard(path: str | os.PathLike) -> list[TeacherImage]:
     """All images of one teacher shard (local path or s3:// URI; no manifest check)."""
@@ -367,6 +383,7 @@ def read_scene_shard(path: str | os.PathLike) -> list[TeacherImage]:
     except (OSError, pa.ArrowInvalid) as exc:
         raise DataError(str(path), f"cannot read teacher shard: {exc}") from exc
     return from_table(table)
+
 
 # ---------------------------------------------------------------------- helpers
 def _npy_bytes(arr: np.ndarray) -> bytes:

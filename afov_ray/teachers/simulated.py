@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+
+from afov_ray.config import option
 
 # raw nuScenes lidarseg class -> raw classes a teacher confuses it with (ids: afov-reference.md 3)
 CONFUSIONS: dict[int, tuple[int, ...]] = {
@@ -51,16 +54,18 @@ EGO_RAW = 31                       # vehicle.ego: 'bonnet under the picture' (te
 
 @dataclass
 class SimTeacherConfig:
-    name: str = "simulated"
-    mask_style: str = "semantic"     # "semantic" (SAN/CAT-Seg) | "instance" (FC-CLIP)
-    boundary_px: int = 2
-    confusion_prob: float = 0.15
-    min_area_px: int = 30
-    max_depth_m: float = 60.0
-    feature_noise: float = 0.3
-    feature_dim: int = 768
-    random_text_prob: float = 0.3    # chance a region takes another text of its category
-    seed: int = 0
+    name: str = option("simulated", "teacher name (the run id is derived from it and the settings)")
+    mask_style: Literal["semantic", "instance"] = option(
+        "semantic", "semantic (SAN / CAT-Seg: one mask per text) | instance (FC-CLIP: thing instances separate)")
+    boundary_px: int = option(2, "masks bleed / erode this many pixels at label boundaries", min=0)
+    confusion_prob: float = option(0.15, "probability a region is labelled as a related class (truck -> car, ...)",
+                                   min=0, max=1)
+    min_area_px: int = option(30, "thing instances smaller than this are missed (absorbed by the surroundings)", min=0)
+    max_depth_m: float = option(60.0, "thing instances farther than this are missed", gt=0)
+    feature_noise: float = option(0.3, "mask feature = normalise(text embedding + noise * N(0, I))", min=0)
+    feature_dim: int = option(768, "mask feature / text embedding width (the official teachers: 768)", min=1)
+    random_text_prob: float = option(0.3, "chance a region takes another text of its category", min=0, max=1)
+    seed: int = option(0, "seed (with each image's token)")
 
 
 def _rng(seed: int, *keys: str) -> np.random.Generator:

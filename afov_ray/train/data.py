@@ -25,6 +25,7 @@ from afov_ray.storage import uri as suri
 
 NUM_CAMERAS = 6
 
+
 @dataclass
 class IngestConfig:
     grid: str = field(default="cylindrical", metadata={"help": "cylindrical (official) | cartesian"})
@@ -38,6 +39,7 @@ class IngestConfig:
     seed: int = field(default=0, metadata={"help": "augmentation seed"})
     cpus_per_task: float = field(default=0.5, metadata={"help": "CPUs reserved per voxelisation task"})
 
+
 def augment_points(xyz: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Rotation by a uniform angle in [0, 2pi) about z, then negate x (p=.5), then y (p=.5) (5.1)."""
     a = rng.uniform(0.0, 2.0 * np.pi)
@@ -50,9 +52,11 @@ def augment_points(xyz: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out[:, 1] = -out[:, 1]
     return out
 
+
 def _rng_for(cfg: IngestConfig, token: str, nonce: int) -> np.random.Generator:
     h = hashlib.sha256(f"{cfg.seed}|{token}|{nonce}".encode()).digest()
     return np.random.default_rng(int.from_bytes(h[:8], "little"))
+
 
 def prepare_row(row: dict, cfg: IngestConfig, nonce: int = 0) -> dict:
     """One pairing-shard row -> voxelised sample (numpy arrays)."""
@@ -88,6 +92,7 @@ def prepare_row(row: dict, cfg: IngestConfig, nonce: int = 0) -> dict:
         out["feat_dim"] = dim
     return out
 
+
 def prepare_batch(batch, cfg: IngestConfig):
     """``map_batches`` function (stateless tasks): a batch of pairing rows -> voxelised samples.
 
@@ -100,6 +105,7 @@ def prepare_batch(batch, cfg: IngestConfig):
     nonce = int.from_bytes(np.random.default_rng().bytes(4), "little") if cfg.augment else 0
     return pa.Table.from_pylist([prepare_row(r, cfg, nonce) for r in rows])
 
+
 def read_pairing(uri: str, columns: list[str] | None = None):
     """Ray Dataset over the pairing shards of a folder URI (local or s3://)."""
     import ray
@@ -110,6 +116,7 @@ def read_pairing(uri: str, columns: list[str] | None = None):
         raise FileNotFoundError(f"no pairing shards (*.parquet) in {uri}")
     paths = [suri.resolve(f)[1] for f in files]
     return ray.data.read_parquet(paths, filesystem=fs, columns=columns)
+
 
 def scan_dataset(uri: str, cfg: IngestConfig, scenes: list[str] | None = None,
                  sample_tokens: list[str] | None = None):
@@ -136,11 +143,13 @@ def scan_dataset(uri: str, cfg: IngestConfig, scenes: list[str] | None = None,
     return ds.map_batches(prepare_batch, fn_kwargs={"cfg": cfg}, batch_size=2, batch_format="pyarrow",
                           num_cpus=cfg.cpus_per_task)
 
+
 def _rows(batch) -> list[dict]:
     if isinstance(batch, list):
         return batch
     n = len(next(iter(batch.values())))
     return [{k: batch[k][i] for k in batch} for i in range(n)]
+
 
 def collate(batch, with_pairings: bool = False, stride: int = OFFICIAL_STRIDE) -> dict[str, torch.Tensor]:
     """Concatenate prepared samples (a list of rows or a numpy dict of columns) into one batch."""

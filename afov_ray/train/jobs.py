@@ -35,6 +35,7 @@ class DataConfig:
     train_split: str = option("train", "split trained on (train, train_1pct, ...)")
     val_split: str | None = option("val", "split validated on each epoch (segmentation stages); None: none")
 
+
 @dataclass
 class TrainJob:
     data: DataConfig = section(DataConfig, "training data")
@@ -45,6 +46,7 @@ class TrainJob:
     run: RunSettings = section(RunSettings, "Ray Train run: name, checkpoint storage, failures")
     tmp: TMPConfig = section(TMPConfig, "TMP losses and the teacher run")
     seg: SegConfig = section(SegConfig, "segmentation head (distillation, fine-tuning, probing)")
+
 
 def split_scenes(cfg: DataConfig, name: str | None) -> list[str] | None:
     """Scenes of split ``name`` in the split file (None: no restriction); an empty split is a DataError
@@ -63,6 +65,7 @@ def split_scenes(cfg: DataConfig, name: str | None) -> list[str] | None:
                                         + (f"; rule: {why}" if why else "") + ")")
     return list(sp.scenes)
 
+
 def build_datasets(cfg: TrainJob, with_pairings: bool, train_target: str) -> dict:
     train_ingest = replace(cfg.ingest, with_pairings=with_pairings, target=train_target)
     ds = {"train": scan_dataset(cfg.data.pairing, train_ingest, split_scenes(cfg.data, cfg.data.train_split))}
@@ -71,7 +74,9 @@ def build_datasets(cfg: TrainJob, with_pairings: bool, train_target: str) -> dic
         ds["val"] = scan_dataset(cfg.data.pairing, val_ingest, split_scenes(cfg.data, cfg.data.val_split))
     return ds
 
+
 TRAIN_KINDS = ("tmp", "distill", "finetune")
+
 
 def make_stage(kind: str, cfg: TrainJob):
     """The ``Stage`` of a job kind, with its data sources for the lineage tags."""
@@ -83,10 +88,12 @@ def make_stage(kind: str, cfg: TrainJob):
                         teacher_run=cfg.tmp.teacher_run or None)
     raise ValueError(f"unknown training job kind {kind!r} (one of {TRAIN_KINDS})")
 
+
 def job_lineage(cfg: TrainJob) -> dict[str, str]:
     """Job-level lineage tags: hash of the resolved job config and the code's git commit."""
 
     return {"config_hash": config_hash(cfg), "git_commit": git_commit()}
+
 
 # columns each kind reads from the pairing shards
 REQUIRED_COLUMNS = {
@@ -144,6 +151,7 @@ def run_train_job(kind: str, cfg: TrainJob, callbacks: list | None = None, linea
 
 __all__ = ["DataConfig", "TrainJob", "run_train_job", "make_stage", "job_lineage", "TRAIN_KINDS", "job_main",
            "OptimConfig", "TrackingConfig"]
+
 
 def job_main(kind: str, description: str, argv=None) -> int:
     """The body of ``jobs/tmp.py`` / ``jobs/distill.py`` / ``jobs/finetune.py``."""

@@ -42,6 +42,7 @@ from afov_ray.train.tracking import Tracker, TrackingConfig, check_connection, l
 log = get_logger(__name__)
 SCORE = "afov/score"   # the checkpoint ranking metric: validation mIoU (TMP: minus the training loss)
 
+
 @dataclass
 class ScaleConfig:
     num_workers: int = option(1, "Ray Train workers (one GPU each with use_gpu)", min=1)
@@ -56,6 +57,7 @@ class ScaleConfig:
                                              "autoscaling cluster grows to fit); false: an infeasible request is an "
                                              "error before training starts")
 
+
 @dataclass
 class RunSettings:
     name: str = option("afov", "Ray Train run name; re-running with the same name + storage_path resumes")
@@ -65,6 +67,7 @@ class RunSettings:
                                   "failure (-1: unlimited)", min=-1)
     num_to_keep: int | None = option(2, "checkpoints kept (None: all)", min=1)
     checkpoint_every_steps: int = option(0, "extra mid-epoch checkpoints every N steps; 0: epoch ends only", min=0)
+
 
 @dataclass
 class LoopConfig:
@@ -78,6 +81,7 @@ class LoopConfig:
                                       "same either way", min=1)
     optim: OptimConfig = option(OptimConfig(), "optimiser and schedule")
     tracking: TrackingConfig = option(TrackingConfig(), "MLflow tracking and registration")
+
 
 class Stage:
     """Interface of a training stage; subclasses are plain picklable objects."""
@@ -118,11 +122,13 @@ class Stage:
         model); evaluated on the driver by ``run_stage``, which adds ``stage`` and the caller's tags."""
         return {}
 
+
 def _rank_world() -> tuple[int, int]:
     import ray.train
 
     ctx = ray.train.get_context()
     return ctx.get_world_rank(), ctx.get_world_size()
+
 
 def allreduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In-place all-reduce across Train workers (no-op with one process); ``op`` "sum" or "mean"."""
@@ -133,6 +139,7 @@ def allreduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if op == "mean":
             t /= dist.get_world_size()
     return t
+
 
 NO_SCORE = -1e30   # checkpoints of epochs without validation rank below every validated one
 
@@ -309,6 +316,7 @@ def epoch_line(stage: str, epoch: int, num_epochs: int, steps: int, metrics: dic
             + (f", val mIoU {100 * val:.1f}" if val is not None else "")
             + f", {steps * scans_per_step / max(secs, 1e-9):.2f} scans/s, data wait "
               f"{metrics['train/data_wait_fraction']:.0%}, {format_duration(secs)}/epoch, ~{format_duration(left)} left")
+
 
 @dataclass
 class StageResult:

@@ -47,11 +47,12 @@ class ModelConfig:
                                     "runs:/..., a checkpoint folder / .pt file or s3:// URI")
     tracking_uri: str | None = option(None, "MLflow tracking URI for models:/ init (default $MLFLOW_TRACKING_URI)")
 
+
 def _init_lineage(cfg: ModelConfig) -> dict[str, str]:
     return {"init": cfg.init} if cfg.init else {}
 
-def _data_lineage(pairing: str | None, teacher_run: str | None) -> dict[str, str]:
 
+def _data_lineage(pairing: str | None, teacher_run: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
     if teacher_run:
         out.update(teacher_lineage(teacher_run))
@@ -59,11 +60,13 @@ def _data_lineage(pairing: str | None, teacher_run: str | None) -> dict[str, str
         out.update(data_fingerprint(pairing))
     return out
 
+
 def _init_state(cfg: ModelConfig) -> dict | None:
     if not cfg.init:
         return None
 
     return load_model_state(cfg.init, tracking_uri=cfg.tracking_uri)
+
 
 def _spec(m: ModelConfig, ingest: IngestConfig, out_channels: int, task: str, normalize: bool, dictionary: str,
           teacher_run: str, class_names: tuple[str, ...] = ()) -> ModelSpec:
@@ -73,13 +76,15 @@ def _spec(m: ModelConfig, ingest: IngestConfig, out_channels: int, task: str, no
                      voxel_size=ingest.voxel_size, dictionary=dictionary,
                      dataset="semantickitti" if dictionary == "kitti" else "nuscenes", teacher_run=run_id)
 
-def _build(spec: ModelSpec, engine: str):
 
+def _build(spec: ModelSpec, engine: str):
     return build_model(spec.name, spec.in_channels, spec.out_channels, engine, spec.bn_momentum,
                        normalize_features=spec.normalize_features)
 
+
 def _forward(model, batch, device):
     return model(batch["coords"].to(device), batch["feats"].to(device))
+
 
 @dataclass
 class TMPConfig:
@@ -95,6 +100,7 @@ class TMPConfig:
         "official", "superpixel-superpoint InfoNCE rows: superpoints (official) | superpixels (paper Eq. 1)")
     renormalize: bool = option(False, "paper: L2-renormalise pooled superpoint features (official: no)")
 
+
 class TMPStage(Stage):
     name = "tmp"
 
@@ -106,7 +112,6 @@ class TMPStage(Stage):
         return {**_data_lineage(self.pairing, self.cfg.teacher_run), **_init_lineage(self.model_cfg)}
 
     def params(self) -> dict:
-
         return {"model": to_dict(self.model_cfg), "tmp": to_dict(self.cfg), "ingest": to_dict(self.ingest)}
 
     def model_spec(self) -> ModelSpec:
@@ -148,7 +153,6 @@ class TMPStage(Stage):
             yield collate(b, with_pairings=True, stride=self.ingest.stride)
 
     def loss(self, model, batch, device):
-
         feats = _forward(model, batch, device)
         ids, k = superpoint_pooling(feats, batch["pair_voxel"].to(device), batch["pair_superpixel"].to(device),
                                     superpixel_size=self.ingest.stride, renormalize=self.cfg.renormalize)
@@ -161,12 +165,14 @@ class TMPStage(Stage):
         return out.total, {"loss_image": float(out.image.detach()), "loss_text": float(out.text.detach()),
                            "superpoints": float(len(ids))}
 
+
 @dataclass
 class SegConfig:
     num_classes: int = option(17, "output classes incl. ignore 0: 17 (nuScenes) | 20 (SemanticKITTI)", min=2)
     suppress_class0_in_val: bool = option(True, "never predict class 0 in validation (official trainer "
                                                 "validation; the official final evaluate does not)")
     dictionary: str = option("nuscenes", "class names of the outputs (nuscenes | kitti | YAML)")
+
 
 class SegStage(Stage):
     """Annotation-free distillation (target = pseudo) and fine-tuning / linear probing (target = gt)."""
@@ -181,11 +187,9 @@ class SegStage(Stage):
         return {**_data_lineage(self.pairing, self.teacher_run), **_init_lineage(self.model_cfg)}
 
     def params(self) -> dict:
-
         return {"model": to_dict(self.model_cfg), "seg": to_dict(self.cfg), "ingest": to_dict(self.ingest)}
 
     def model_spec(self) -> ModelSpec:
-
         names = list(ClassDictionary.load(self.cfg.dictionary).eval_class_names)
         if len(names) != self.cfg.num_classes:
             names = [str(i) for i in range(self.cfg.num_classes)]
@@ -204,7 +208,6 @@ class SegStage(Stage):
             yield collate(b)
 
     def loss(self, model, batch, device):
-
         logits = _forward(model, batch, device)
         target = batch["target"].to(device)
         return ce_lovasz_loss(logits, target, ignore_index=0), {"labelled_voxels": float((target > 0).sum())}
@@ -213,6 +216,7 @@ class SegStage(Stage):
         return validate_segmentation(model, shard, device, self.cfg.num_classes, self.cfg.suppress_class0_in_val,
                                      self.model_spec().class_names)
 
+
 def predict_points(model, batch, device, suppress_class0: bool) -> torch.Tensor:
     """Per-point predictions: voxel argmax copied to every point through the inverse map."""
     logits = _forward(model, batch, device)
@@ -220,6 +224,7 @@ def predict_points(model, batch, device, suppress_class0: bool) -> torch.Tensor:
         logits = logits.clone()
         logits[:, 0] = float("-inf")
     return logits.argmax(1).cpu()[batch["inverse"]]
+
 
 def validate_segmentation(model, shard, device, num_classes: int, suppress_class0: bool,
                           class_names: tuple[str, ...] | list[str] = ()) -> dict:

@@ -45,17 +45,20 @@ from afov_ray.train.tracking import Tracker, client_for, default_tracking_uri, e
 KIND_DEFAULTS = {"distill": ("val/mIoU", "max"), "tmp": ("train/loss_epoch", "min")}
 TEACHER_KEY = "teacher"
 
+
 @dataclass
 class TeacherChoice:
     name: str = field(default="", metadata={"help": "label of the teacher run (SAN, CAT-Seg, FC-CLIP, ...)"})
     run: str = field(default="", metadata={"help": "teacher run folder URI (run.json, text_embedding.npy)"})
     pairing: str = field(default="", metadata={"help": "pairing shards folder made from this teacher run"})
 
+
 @dataclass
 class ASHASettings:
     enabled: bool = field(default=True, metadata={"help": "ASHA early stopping (time attribute: epoch)"})
     grace_period: int = field(default=1, metadata={"help": "epochs every trial runs before it can be stopped"})
     reduction_factor: float = field(default=2.0, metadata={"help": "ASHA halving rate"})
+
 
 @dataclass
 class SweepSettings:
@@ -93,11 +96,13 @@ class SweepSettings:
                 "data tasks then wait forever on a small cluster): after each trial, remove the groups it created "
                 "that are still reserved. Only with max_concurrent_trials = 1, where no other trial owns one"})
 
+
 @dataclass
 class SweepJob(TrainJob):
     """The base training job (same keys as jobs/tmp.py and jobs/distill.py) plus ``sweep``."""
 
     sweep: SweepSettings = field(default_factory=SweepSettings, metadata={"help": "the sweep"})
+
 
 def metric_and_mode(s: SweepSettings) -> tuple[str, str]:
     if s.kind not in KIND_DEFAULTS:
@@ -108,6 +113,7 @@ def metric_and_mode(s: SweepSettings) -> tuple[str, str]:
         raise ConfigError(f"config key 'sweep.mode': {mode!r} is not one of ['max', 'min']")
     return s.metric or metric, mode
 
+
 def _nest(flat: dict[str, Any]) -> dict:
     out: dict = {}
     for key, v in flat.items():
@@ -117,6 +123,7 @@ def _nest(flat: dict[str, Any]) -> dict:
             cur = cur.setdefault(p, {})
         cur[parts[-1]] = v
     return out
+
 
 def space_keys(s: SweepSettings) -> dict[str, list]:
     """The flat search space (dotted key -> values), validated against ``TrainJob``."""
@@ -136,6 +143,7 @@ def space_keys(s: SweepSettings) -> dict[str, list]:
         raise ConfigError("sweep.space: tmp.* keys have no effect on a distill sweep (use sweep.kind=tmp)")
     return {k: list(v) for k, v in flat.items()}
 
+
 def param_space(s: SweepSettings) -> dict:
     """Tune ``param_space``: ``teacher`` (names) and every dotted key of ``space``."""
     from ray import tune
@@ -152,6 +160,7 @@ def param_space(s: SweepSettings) -> dict:
     if s.search == "random":
         return {k: tune.choice(v) for k, v in axes.items()}
     raise ConfigError(f"config key 'sweep.search': {s.search!r} is not one of ['grid', 'random']")
+
 
 def trial_job(base: TrainJob, params: dict, teachers: list[TeacherChoice], trial_id: str, sweep_name: str,
               train_storage: str, tracking_uri: str, init: str | None, driver_cpus: float = 0.0) -> TrainJob:
@@ -187,11 +196,13 @@ def trial_job(base: TrainJob, params: dict, teachers: list[TeacherChoice], trial
     return replace(cfg, model=model, loop=replace(cfg.loop, tracking=tracking), scale=scale,
                    run=replace(cfg.run, name=trial_id, storage_path=train_storage, checkpoint_every_steps=0))
 
+
 def _created_placement_groups() -> dict[str, list]:
     import ray
 
     return {k: list(v["bundles"].values()) for k, v in ray.util.placement_group_table().items()
             if v["state"] == "CREATED"}
+
 
 def _remove_leaked_placement_groups(before: dict[str, list], bundles: list[dict]) -> list[str]:
     """Remove placement groups created during this trial's fit that are still reserved after it with
@@ -212,6 +223,7 @@ def _remove_leaked_placement_groups(before: dict[str, list], bundles: list[dict]
             removed.append(pg_id)
     return removed
 
+
 def sweep_trial(config: dict, *, kind: str, base: dict, teachers: list[dict], sweep_name: str,
                 train_storage: str, tracking_uri: str, init: str | None, driver_cpus: float,
                 remove_leaked_pgs: bool = False) -> None:
@@ -231,11 +243,12 @@ def sweep_trial(config: dict, *, kind: str, base: dict, teachers: list[dict], sw
     if result.error is not None:
         raise RuntimeError(f"trial {trial_id} failed: {result.error}") from result.error
 
-def _join(root: str, *parts: str) -> str:
 
+def _join(root: str, *parts: str) -> str:
     if "://" in root:
         return suri.join(root, *parts)
     return os.path.join(os.path.abspath(root), *parts)
+
 
 def _read_checkpoint(path: str, storage_root: str) -> dict:
     """Checkpoint reported through Tune (``checkpoint_path``: a local path, or a bucket path for s3)."""
@@ -250,6 +263,7 @@ def _read_checkpoint(path: str, storage_root: str) -> dict:
         with open(local, "wb") as f:
             f.write(suri.read_bytes(suri.join(uri, "state.pt")))
         return load_checkpoint(local)
+
 
 def register_best(cfg: SweepJob, results, tracking_uri: str, train_storage: str) -> dict:
     """Register the best trial's last checkpoint with lineage tags and ``sweep.alias``."""
@@ -285,10 +299,12 @@ def register_best(cfg: SweepJob, results, tracking_uri: str, train_storage: str)
                          "uri": f"models:/{name}@{s.alias}"}
     return out
 
+
 def _base_job(cfg: SweepJob) -> TrainJob:
     d = to_dict(cfg)
     d.pop("sweep")
     return from_dict(TrainJob, d)
+
 
 def _check(cfg: SweepJob, metric: str) -> None:
     if cfg.sweep.kind == "distill" and metric.startswith("val/") and not (cfg.data.split_file and cfg.data.val_split):
@@ -296,6 +312,7 @@ def _check(cfg: SweepJob, metric: str) -> None:
     for t in cfg.sweep.teachers:
         if not (t.run and t.pairing):
             raise ConfigError(f"config key 'sweep.teachers': teacher {t.name!r} needs both run and pairing")
+
 
 def run_sweep(cfg: SweepJob) -> dict:
     """Run (or resume) the sweep; returns a summary with the trials, the best one and its registration."""
@@ -360,6 +377,7 @@ def run_sweep(cfg: SweepJob) -> dict:
         summary["best"] = None
     return summary
 
+
 def mark_orphaned_runs(tracking_uri: str, experiment: str, sweep_name: str) -> int:
     """Runs of this sweep still RUNNING belong to a driver that died: mark them KILLED (a resumed trial
     reopens its own run). Returns how many were marked."""
@@ -386,6 +404,7 @@ def sweep_job(cfg: SweepJob) -> int:
     print(f"sweep {cfg.sweep.name}: best trial {summary['best']['trial_id']} "
           f"{summary['metric']}={summary['best']['value']} -> {summary['best'].get('registered')}")
     return 0
+
 
 __all__ = ["sweep_job", "SweepJob", "SweepSettings", "TeacherChoice", "ASHASettings", "run_sweep", "trial_job", "sweep_trial",
            "param_space", "register_best", "metric_and_mode"]

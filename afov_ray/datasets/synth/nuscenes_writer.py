@@ -44,9 +44,11 @@ _NS = uuid.UUID("6f1c1c9e-3a53-4c39-9a77-5f0c2b1e8d10")
 SCENE_GAP_US = 1_000_000_000           # scenes start 1000 s apart
 LEAD_US = 100_000                      # first LiDAR keyframe 0.1 s after the scene start
 
+
 def token(seed: int, *parts) -> str:
     """Deterministic 32-hex token of (seed, parts)."""
     return uuid.uuid5(_NS, "|".join(str(p) for p in (seed, *parts))).hex
+
 
 def scene_names(cfg: SynthConfig) -> list[str]:
     """Real scene names so that the official split puts them in train / val (or mini_train / mini_val)."""
@@ -68,8 +70,10 @@ def scene_names(cfg: SynthConfig) -> list[str]:
         raise DataError("SynthConfig.num_scenes", f"split {tr}/{va} has too few scenes for {cfg.num_scenes}")
     return list(names)
 
+
 def lidar_to_ego() -> np.ndarray:
     return make_transform(NUSCENES_LIDAR["rotation"], NUSCENES_LIDAR["translation"])
+
 
 def keyframe_timestamps(scene: Scene, k: int, cfg: SynthConfig) -> dict[str, int]:
     """channel -> timestamp (us) of keyframe k: LIDAR_TOP and the 6 cameras with the rig's offsets."""
@@ -79,6 +83,7 @@ def keyframe_timestamps(scene: Scene, k: int, cfg: SynthConfig) -> dict[str, int
         out[ch] = ts + off
     return out
 
+
 def make_scene(cfg: SynthConfig, index: int, name: str) -> Scene:
     rng = np.random.default_rng([cfg.seed, index, 7919])
     duration = (LEAD_US + (cfg.keyframes_per_scene - 1) * cfg.keyframe_interval_us) / 1e6 + 0.2
@@ -86,23 +91,28 @@ def make_scene(cfg: SynthConfig, index: int, name: str) -> Scene:
                        start_us=cfg.base_timestamp_us + index * SCENE_GAP_US,
                        cover_all_classes=cfg.cover_all_classes)
 
+
 def load_scene(dataroot: str | Path, scene_name: str) -> Scene:
     """The scene description written next to the tables (enough to re-render any camera at any time)."""
     return Scene.load(Path(dataroot) / "synth" / f"{scene_name}.json")
+
 
 def has_scene_record(dataroot: str | Path) -> bool:
     """True when ``dataroot`` was made by the generator (it holds the scene descriptions)."""
     d = Path(str(dataroot)) / "synth"
     return d.is_dir() and any(d.glob("*.json"))
 
+
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1))
+
 
 def _tiny_png(path: Path) -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(path, format="PNG")
+
 
 def generate_nuscenes(dataroot: str | Path, cfg: SynthConfig | None = None) -> Path:
     """Generates the whole dataroot; returns its path."""
@@ -206,10 +216,12 @@ def generate_nuscenes(dataroot: str | Path, cfg: SynthConfig | None = None) -> P
         _write_json(root / ver / f"{tname}.json", rows)
     return root
 
+
 def camera_pose(scene: Scene, channel: str, timestamp_us: int) -> np.ndarray:
     """4x4 camera -> global of a rig camera at a timestamp, from the generator (not from the tables)."""
     c = NUSCENES_CAMERAS_RIG[channel]
     return scene.ego_pose(scene.time_s(timestamp_us)) @ make_transform(c[1], c[0])
+
 
 def render_sample_data(dataroot: str | Path, sd_token: str, version: str = "v1.0-trainval",
                        noise: float = 0.0) -> dict:

@@ -28,6 +28,7 @@ SIDEWALK_OUT = 10.0
 TERRAIN_OUT = 13.0
 LANES = (-5.25, -1.75, 1.75, 5.25)
 
+
 @dataclass
 class Snapshot:
     """All primitives at one time, in the local frame, as arrays ready for ray casting."""
@@ -44,6 +45,7 @@ class Snapshot:
     ground_rects: np.ndarray   # (G, 4) x0, x1, y0, y1 (later rects win)
     ground_kind: np.ndarray    # (G,)
     ground_default: int
+
 
 @dataclass
 class Scene:
@@ -152,12 +154,12 @@ class Scene:
 
     @classmethod
     def load(cls, path: str | Path) -> "Scene":
-
         path = Path(path)
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError) as e:
             raise DataError(str(path), f"cannot load synthetic scene description: {e}") from e
+
 
 def _aabb_xy(prim: list, kind: str) -> tuple[float, float, float, float]:
     """Planar axis-aligned footprint (x0, x1, y0, y1) at t = 0 of a builder primitive row."""
@@ -171,6 +173,7 @@ def _aabb_xy(prim: list, kind: str) -> tuple[float, float, float, float]:
     else:
         cx, cy, ex, ey = prim[0], prim[1], prim[3], prim[4]
     return cx - ex, cx + ex, cy - ey, cy + ey
+
 
 class _Builder:
     """Accumulates primitives while laying out a scene."""
@@ -279,6 +282,7 @@ class _Builder:
         cr = rng.uniform(1.6, 3.0)
         self.ell(x, y, h + cr * 0.7, cr, cr, cr * rng.uniform(0.8, 1.2), Kind.VEGETATION)
 
+
 def _showcase(b: _Builder, rng: np.random.Generator, T: float, ego_speed: float, lane_speed: float,
               oncoming_speed: float) -> None:
     """Close-range instances of the classes a short random layout may miss, cleared into place.
@@ -326,6 +330,7 @@ def _showcase(b: _Builder, rng: np.random.Generator, T: float, ego_speed: float,
         b.clear(l0, l0 + ln, s * TERRAIN_OUT, s * (TERRAIN_OUT + 40), centre_only=True)   # keeps the strip's trees
         b.rect(l0, l0 + ln, s * TERRAIN_OUT, s * (TERRAIN_OUT + 25), Kind.OTHER_FLAT)
         b.box(l0 + ln / 2, s * (TERRAIN_OUT + 0.2), 0.0, rng.uniform(1.0, 1.4), ln, 0.08, 0.0, Kind.FENCE)
+
 
 def build_scene(rng: np.random.Generator, name: str = "synth", duration_s: float = 2.0,
                 ego_speed: float = 8.0, seed: int = 0, start_us: int = 0, cover_all_classes: bool = False) -> Scene:
