@@ -144,6 +144,18 @@
     return recolor();
   }
 
+  // True proportions with the longest axis = 1, so that the camera frames every scan alike
+  // (plotly's "data" mode normalises the box volume instead, which zooms in on flat scans).
+  function aspect(x, y, z) {
+    var r = [x, y, z].map(function (a) {
+      var lo = Infinity, hi = -Infinity;
+      for (var i = 0; i < a.length; i++) { var v = a[i]; if (v < lo) lo = v; if (v > hi) hi = v; }
+      return hi > lo ? hi - lo : 0;
+    });
+    var m = Math.max(r[0], r[1], r[2]) || 1;
+    return { x: Math.max(r[0] / m, 0.01), y: Math.max(r[1] / m, 0.01), z: Math.max(r[2] / m, 0.01) };
+  }
+
   function init() {
     var data = JSON.parse(document.getElementById("afov-data").textContent);
     V.numPoints = data.numPoints;
@@ -162,7 +174,7 @@
     var x = new Float32Array(n), y = new Float32Array(n), z = new Float32Array(n);
     for (var i = 0; i < n; i++) { x[i] = xyz[3 * i]; y[i] = xyz[3 * i + 1]; z[i] = xyz[3 * i + 2]; }
     V.gd = document.getElementById("afov-plot");
-    V.camera = { eye: { x: -1.2, y: -0.4, z: 0.8 }, up: { x: 0, y: 0, z: 1 }, center: { x: 0, y: 0, z: 0 } };
+    V.camera = { eye: { x: -0.85, y: -0.35, z: 0.7 }, up: { x: 0, y: 0, z: 1 }, center: { x: 0, y: 0, z: -0.15 } };
     var first = V.layerData[data.defaultLayer];
     V.index = data.defaultLayer;
     var trace = {
@@ -171,7 +183,8 @@
       text: layerText(first), hovertemplate: "%{text}<br>x %{x:.2f}  y %{y:.2f}  z %{z:.2f} m<extra></extra>",
     };
     var layout = { margin: { l: 0, r: 0, t: 0, b: 0 }, showlegend: false, uirevision: "afov",
-                   scene: { aspectmode: "data", camera: V.camera, dragmode: "turntable" } };
+                   scene: { aspectmode: "manual", aspectratio: aspect(x, y, z), camera: V.camera,
+                            dragmode: "turntable" } };
     var bgl = sceneLayout(data.background);
     layout.paper_bgcolor = bgl.paper_bgcolor;
     layout.scene.bgcolor = bgl["scene.bgcolor"];
