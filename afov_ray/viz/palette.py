@@ -92,16 +92,17 @@ KITTI_RGB: dict[str, tuple[int, int, int]] = {
 ERROR_NAMES: tuple[str, ...] = ("ignored", "correct", "wrong")
 ERROR_RGB: tuple[tuple[float, float, float], ...] = ((0.55, 0.55, 0.55), (0.2, 0.7, 0.2), (0.9, 0.1, 0.1))
 
-_ALIASES = {"nuscenes": "nuscenes", "nuscenes-lidarseg": "nuscenes", "semantickitti": "semantickitti",
-            "semantic-kitti": "semantickitti", "kitti": "semantickitti"}
+# Spellings (lower case, without "-" and "_") -> canonical dataset name.
+_ALIASES = {"nuscenes": "nuscenes", "nusceneslidarseg": "nuscenes", "semantickitti": "semantickitti",
+            "kitti": "semantickitti"}
 
 
 def canonical_dataset(dataset: str | None) -> str | None:
-    """``"nuscenes"`` / ``"semantickitti"`` for the known spellings (case-insensitive), else None."""
+    """``"nuscenes"`` / ``"semantickitti"`` for the known spellings (case, ``-`` and ``_`` ignored),
+    else None."""
     if dataset is None:
         return None
-    return _ALIASES.get(str(dataset).strip().lower().replace("_", "-"),
-                        _ALIASES.get(str(dataset).strip().lower().replace("_", "")))
+    return _ALIASES.get(str(dataset).strip().lower().replace("-", "").replace("_", ""))
 
 
 def class_names(dataset: str) -> list[str] | None:

@@ -60,6 +60,12 @@ def _u8(rgb) -> tuple[int, int, int]:
     return tuple(int(v) for v in P.to_uint8(np.asarray(rgb)))
 
 
+def _assert_offline(urls: list[str], page: str) -> None:
+    """The page itself was loaded and nothing but local / inline resources (no http, https, ws...)."""
+    assert Path(page).resolve().as_uri() in urls
+    assert {u.split(":", 1)[0] for u in urls} <= {"file", "data", "blob"}, urls
+
+
 def _browser(chromium: str, tmp_path: Path) -> HeadlessChromium:
     b = HeadlessChromium(chromium, tmp_path / "profile", window=(1200, 800), log_path=tmp_path / "chromium.log")
     b.open_page()
@@ -129,8 +135,14 @@ def test_viewer_page_in_headless_chromium(chromium, tmp_path):
         assert set(cols[pred[idx] == 4]) == {P.to_hex(pal[4])[0]}
         assert len(set(cols[pred[idx] != 4])) == 1 and P.to_hex(pal[4])[0] not in set(cols[pred[idx] != 4])
 
+        b.click("#afov-bg")  # dark -> light background; the isolated colours follow
+        b.wait_for("document.body.classList.contains('afov-light')", timeout=60)
+        assert b.evaluate("document.getElementById('afov-plot')._fullLayout.paper_bgcolor") == "#ffffff"
+        light_cols = np.array(b.evaluate("Array.from(afovViewer.colors())"))
+        assert np.array_equal(light_cols, np.where(pred[idx] == 4, P.to_hex(pal[4])[0], "#e6e6e6"))
+
         assert b.console_errors() == []
-        assert {u.split(":", 1)[0] for u in b.requested_urls()} == {"file"}  # nothing from the network
+        _assert_offline(b.requested_urls(), page.path)
     for shot in (shot1, shot2, shot3):
         _keep(shot)
     # the WebGL canvas really shows the layers: car orange only in the prediction view, the
@@ -163,7 +175,7 @@ def test_real_semantickitti_scan_page(chromium, real_data, tmp_path):
             P.to_hex(P.class_colors("semantickitti")[gt[sample]])
         shot = Path(b.screenshot(tmp_path / "viewer_semantickitti_000000.png"))
         assert b.console_errors() == []
-        assert {u.split(":", 1)[0] for u in b.requested_urls()} == {"file"}
+        _assert_offline(b.requested_urls(), page.path)
     _keep(shot)
     road = _u8(P.class_colors("semantickitti")[9])  # magenta
     vegetation = _u8(P.class_colors("semantickitti")[15])
