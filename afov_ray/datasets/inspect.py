@@ -163,13 +163,17 @@ def plot_bev(kf: Keyframe, out_uri: str, names: Sequence[str] | None = None, ext
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from afov_ray.viz.palette import class_colors
 
     pts = kf.points
     fig, ax = plt.subplots(figsize=(8, 8))
     if kf.labels is not None:
         labels = kf.labels.astype(np.int64)
         nc = max(int(labels.max()) + 1 if labels.size else 1, len(names) if names else 0, 2)
-        sc = ax.scatter(-pts[:, 1], pts[:, 0], c=labels, s=0.5, cmap="tab20", vmin=0, vmax=nc - 1)
+        sc = ax.scatter(-pts[:, 1], pts[:, 0], c=labels, s=0.5, cmap=ListedColormap(class_colors(None, nc)),
+                        vmin=-0.5, vmax=nc - 0.5)  # one colour per class id, the product palette
         cb = fig.colorbar(sc, ax=ax, fraction=0.04, ticks=range(nc))
         if names:
             cb.ax.set_yticklabels([names[i] if i < len(names) else str(i) for i in range(nc)], fontsize=6)

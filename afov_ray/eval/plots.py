@@ -24,13 +24,11 @@ def _plt():
 
 
 def class_palette(num_classes: int = 17) -> np.ndarray:
-    """(C, 3) float RGB in [0, 1]: class 0 light grey, classes 1.. from tab20."""
-    import matplotlib
+    """(C, 3) float RGB in [0, 1]: the product palette of ``afov_ray.viz.palette`` (17 ids: nuScenes,
+    20: SemanticKITTI, else its fallback); class 0 light grey."""
+    from afov_ray.viz.palette import class_colors
 
-    cmap = matplotlib.colormaps["tab20"]
-    pal = np.array([cmap(i % 20)[:3] for i in range(num_classes)], dtype=np.float64)
-    pal[0] = (0.85, 0.85, 0.85)
-    return pal
+    return class_colors(None, num_classes)
 
 
 def _save(fig, path: str | Path) -> str:
@@ -90,7 +88,9 @@ def plot_bev(xyz: np.ndarray, gt: np.ndarray, pred: np.ndarray, path: str | Path
     gt = np.asarray(gt, np.int64)
     pred = np.asarray(pred, np.int64)
     err = np.where(gt == 0, 0, np.where(gt == pred, 1, 2))
-    err_pal = np.array([(0.8, 0.8, 0.8), (0.2, 0.7, 0.2), (0.85, 0.1, 0.1)])
+    from afov_ray.viz.palette import error_colors
+
+    err_pal = error_colors()
     r = extent or (float(np.percentile(np.abs(xyz[:, :2]), 98)) if len(xyz) else 1.0)
     size = float(np.clip(20000.0 / max(len(xyz), 1), 0.3, 4.0))  # visible dots for sparse and dense scans
     fig, axes = plt.subplots(1, 3, figsize=(15, 5))
