@@ -23,6 +23,7 @@ from afov_ray.errors import DataError
 from afov_ray.geometry.projection import project_points as _project
 from afov_ray.storage import uri as U
 from afov_ray.storage.atomic import atomic_write_bytes
+from afov_ray.viz import plots
 
 
 def _dataset(sweeps_uri: str):
@@ -126,70 +127,22 @@ def _load_image(dataroot: str | None, rel_path: str, width: int, height: int) ->
     return np.full((height, width, 3), 128, dtype=np.uint8), False
 
 
-def _save(fig, out_uri: str) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    atomic_write_bytes(out_uri, buf.getvalue())
-    return out_uri
-
-
 def plot_projection(kf: Keyframe, dataroot: str | None, out_dir: str) -> list[str]:
     """One PNG per camera: the image (grey if not found) with the projected points coloured by depth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     written = []
     for cam in kf.cameras:
         img, found = _load_image(dataroot, cam.image_path, cam.width, cam.height)
         uv, depth, _ = project_points(kf.points, cam.K, cam.lidar_to_cam, cam.width, cam.height)
-        fig, ax = plt.subplots(figsize=(10, 10 * cam.height / max(cam.width, 1) + 0.6))
-        ax.imshow(img)
-        sc = ax.scatter(uv[:, 0], uv[:, 1], c=depth, s=1.5, cmap="jet", vmin=0, vmax=max(float(np.percentile(depth, 99)) if depth.size else 1.0, 1.0))
-        fig.colorbar(sc, ax=ax, fraction=0.03, label="depth [m]")
-        ax.set_title(f"{kf.sample_token} {cam.channel}: {len(depth)} points" + ("" if found else " (image missing)"))
-        ax.set_xlim(0, cam.width)
-        ax.set_ylim(cam.height, 0)
-        ax.axis("off")
-        written.append(_save(fig, U.join(out_dir, f"{_safe(kf.sample_token)}_{cam.channel}.png")))
-        plt.close(fig)
+        written.append(plots.plot_depth_overlay(
+            img, uv, depth, U.join(out_dir, f"{_safe(kf.sample_token)}_{cam.channel}.png"),
+            f"{kf.sample_token} {cam.channel}: {len(depth)} points" + ("" if found else " (image missing)")))
     return written
 
 
 def plot_bev(kf: Keyframe, out_uri: str, names: Sequence[str] | None = None, extent: float = 50.0) -> str:
-    """Bird's-eye view (x forward up, y left) of one sweep coloured by label (by height if unlabelled)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    from afov_ray.viz.palette import class_colors
-
-    pts = kf.points
-    fig, ax = plt.subplots(figsize=(8, 8))
-    if kf.labels is not None:
-        labels = kf.labels.astype(np.int64)
-        nc = max(int(labels.max()) + 1 if labels.size else 1, len(names) if names else 0, 2)
-        sc = ax.scatter(-pts[:, 1], pts[:, 0], c=labels, s=0.5, cmap=ListedColormap(class_colors(None, nc)),
-                        vmin=-0.5, vmax=nc - 0.5)  # one colour per class id, the product palette
-        cb = fig.colorbar(sc, ax=ax, fraction=0.04, ticks=range(nc))
-        if names:
-            cb.ax.set_yticklabels([names[i] if i < len(names) else str(i) for i in range(nc)], fontsize=6)
-        cb.set_label("label")
-    else:
-        sc = ax.scatter(-pts[:, 1], pts[:, 0], c=pts[:, 2], s=0.5, cmap="viridis")
-        fig.colorbar(sc, ax=ax, fraction=0.04, label="z [m]")
-    ax.set_xlim(-extent, extent)
-    ax.set_ylim(-extent, extent)
-    ax.set_aspect("equal")
-    ax.set_xlabel("-y [m]")
-    ax.set_ylabel("x [m]")
-    ax.set_title(f"{kf.sample_token}: {kf.num_points} points")
-    _save(fig, out_uri)
-    plt.close(fig)
-    return out_uri
+    """Bird's-eye view of one sweep coloured by label (by height if unlabelled)."""
+    return plots.plot_labels_bev(kf.points[:, :3], kf.labels, out_uri, f"{kf.sample_token}: {kf.num_points} points",
+                                 names, extent, dataset=kf.dataset)
 
 
 def _safe(token: str) -> str:

@@ -40,7 +40,6 @@ import numpy as np
 from afov_ray.config import option, to_dict
 from afov_ray.datasets.sweeps import table_to_keyframes
 from afov_ray.errors import DataError
-from afov_ray.eval import plots
 from afov_ray.eval.metrics import confusion_matrix, evaluate_report
 from afov_ray.geometry.projection import project_points
 from afov_ray.pipeline.predictions import read_prediction_shard
@@ -51,6 +50,7 @@ from afov_ray.storage import uri as U
 from afov_ray.storage.atomic import atomic_write_bytes, atomic_write_json
 from afov_ray.teachers.dictionary import ClassDictionary
 from afov_ray.train.tracking import Tracker, TrackingConfig
+from afov_ray.viz import plots
 
 SUBSETS = ("all", "visible", "unseen")
 

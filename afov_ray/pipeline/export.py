@@ -18,7 +18,6 @@ AFOV is trained with camera-derived pseudo-labels, so ``use_camera`` defaults to
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,19 +76,9 @@ def write_submission(pred_uri: str, out_dir: str, cfg: SubmissionConfig, scenes:
             atomic_write_bytes(suri.join(bin_dir, f"{token}_lidarseg.bin"), lab.tobytes())
             files += 1
             points += lab.size
-    if not suri.is_s3(bin_dir):  # the atomic writer's (now empty) temp folder is not part of a submission
-        try:
-            os.rmdir(os.path.join(bin_dir, "_tmp"))
-        except OSError:
-            pass
     meta = {k: bool(getattr(cfg, k)) for k in META_KEYS}
     json_uri = suri.join(out_dir, cfg.split, "submission.json")
     atomic_write_json(json_uri, {"meta": meta})
-    if not suri.is_s3(json_uri):
-        try:
-            os.rmdir(os.path.join(out_dir, cfg.split, "_tmp"))
-        except OSError:
-            pass
     return {"files": files, "points": points, "bin_dir": bin_dir, "json": json_uri}
 
 

@@ -117,6 +117,10 @@ def commit(temp_uri: str, final_uri: str) -> None:
     _fsync_local(tmp_path)
     os.makedirs(os.path.dirname(final_path), exist_ok=True)
     fs.move(tmp_path, final_path)  # rename(2): atomic, replaces an existing file
+    try:   # an empty temp folder is not part of the output (another writer's temp keeps it)
+        os.rmdir(os.path.dirname(tmp_path))
+    except OSError:
+        pass
 
 
 @contextmanager

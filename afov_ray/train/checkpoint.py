@@ -34,20 +34,11 @@ def save_checkpoint(directory: str | Path, *, model_state: dict, epoch: int, ste
     meta = {"epoch": int(epoch), "step": int(step), "metrics": _plain(metrics or {}), "model_spec": model_spec,
             "mlflow_run_id": (config or {}).get("mlflow_run_id")}
     atomic_write_json(str(d / META_FILE), meta, indent=1)
-    _drop_tmp_dir(d)
     return d
 
 
 def _plain(metrics: dict) -> dict:
     return json.loads(json.dumps(metrics, default=float))
-
-
-def _drop_tmp_dir(d: Path) -> None:
-    """The atomic writer's (now empty) temp folder is not part of a checkpoint."""
-    try:
-        (d / "_tmp").rmdir()
-    except OSError:
-        pass
 
 
 def read_meta(directory: str | Path) -> dict:

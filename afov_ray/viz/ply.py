@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from afov_ray.storage.atomic import atomic_write_bytes
+
 # numpy dtype (kind, itemsize) -> PLY type name, and back.
 _TO_PLY = {("i", 1): "char", ("u", 1): "uchar", ("i", 2): "short", ("u", 2): "ushort", ("i", 4): "int",
            ("u", 4): "uint", ("f", 4): "float", ("f", 8): "double"}
@@ -90,9 +92,7 @@ def write_ply(path: str | Path, xyz: np.ndarray, colors: np.ndarray | None = Non
     header.append("end_header")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(("\n".join(header) + "\n").encode("ascii"))
-        f.write(rec.tobytes())
+    atomic_write_bytes(str(path), ("\n".join(header) + "\n").encode("ascii") + rec.tobytes())
     return str(path)
 
 

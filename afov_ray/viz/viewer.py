@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from afov_ray.storage.atomic import atomic_write_bytes
 from afov_ray.viz import palette as P
 
 KINDS = ("categorical", "error", "continuous")
@@ -257,12 +258,9 @@ def write_scan_html(path: str | Path, xyz: np.ndarray, layers: Mapping[str, Laye
         num_drawn=len(idx), num_points=n, background=background, buttons=buttons,
         css=_asset("viewer_page.css"), plotly_js=_plotly_js(), payload=_script_json(payload),
         viewer_js=_asset("viewer_page.js"))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return ViewerPage(str(path), title, int(n), int(len(idx)), tuple(names), path.stat().st_size)
+    data = page.encode("utf-8")
+    atomic_write_bytes(str(path), data)   # local or s3://, whole or not at all
+    return ViewerPage(str(path), title, int(n), int(len(idx)), tuple(names), len(data))
 
 
 def write_index_html(path: str | Path, pages: Sequence[ViewerPage | tuple[str, str]],

@@ -23,6 +23,11 @@ from tests.storage.random_reader import run_prepare_on as prepare
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _tmp_entries(folder):
+    d = os.path.join(folder, "_tmp")
+    return os.listdir(d) if os.path.isdir(d) else []
+
+
 def _errors(sweeps):
     return [json.loads(line) for line in open(os.path.join(sweeps, ERRORS_NAME))]
 
@@ -101,7 +106,7 @@ def test_exception_mid_write_then_resume(tmp_path):
     assert [f["item"] for f in s.failed] == ["scene-0001"] and s.written == ["scene-0000", "scene-0002"]
     assert not s.manifest_written and read_manifest(sweeps) is None
     assert not os.path.exists(os.path.join(sweeps, "scene-0001.parquet"))
-    assert os.listdir(os.path.join(sweeps, "_tmp")) == []  # the partial temp was removed
+    assert _tmp_entries(sweeps) == []  # the partial temp was removed
     (err,) = _errors(sweeps)
     assert err["item"] == "scene-0001" and "RuntimeError: disk on fire" in err["message"] and err["fatal"]
     assert _visible_rows(sweeps) == 8
@@ -124,14 +129,14 @@ def test_killed_job_leaves_no_half_shard_and_resumes(tmp_path):
     names = sorted(os.listdir(sweeps))
     assert "scene-0002.parquet" not in names and "_manifest.json" not in names
     assert [n for n in names if n.endswith(".parquet")] == ["scene-0000.parquet", "scene-0001.parquet"]
-    (tmp,) = os.listdir(os.path.join(sweeps, "_tmp"))  # the half-written shard, under a temp name
+    (tmp,) = _tmp_entries(sweeps)  # the half-written shard, under a temp name
     assert tmp.startswith("scene-0002.parquet.") and tmp.endswith(".tmp")
     assert _visible_rows(sweeps) == 7
     # rerun resumes: scene 0 and 1 skipped, 2 and 3 written, the bad keyframe of scene 0 still reported
     s = prepare(RandomReader(num_scenes=4, bad=("scene-0000/kf001",)), out)
     assert s.done_before == ["scene-0000", "scene-0001"] and s.written == ["scene-0002", "scene-0003"]
     assert s.stats["keyframes"] == 15 and [e["item"] for e in s.skipped] == ["scene-0000/kf001"]
-    assert verify_manifest(sweeps) == [] and os.listdir(os.path.join(sweeps, "_tmp")) == []
+    assert verify_manifest(sweeps) == [] and _tmp_entries(sweeps) == []
     assert _visible_rows(sweeps) == 15
 
 

@@ -4,7 +4,7 @@ import numpy as np
 
 from afov_ray.datasets import inspect
 from afov_ray.datasets.types import Keyframe
-from afov_ray.eval import plots
+from afov_ray.viz import plots
 from afov_ray.viz import palette as P
 
 

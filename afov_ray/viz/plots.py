@@ -1,17 +1,24 @@
-"""Evaluation figures (matplotlib, Agg backend; each function writes one PNG and returns its path).
+"""The product's figures (matplotlib, Agg backend; each function writes one PNG, local or s3://, and returns
+its path), all with the one palette of ``afov_ray.viz.palette``.
 
 - ``plot_confusion``: row-normalised confusion matrix heatmap (GT rows, prediction columns).
 - ``plot_iou_bars``: per-class IoU bars, one bar per prediction source (raw / AFI / pseudo).
 - ``plot_bev``: bird's-eye view of one scan: prediction | ground truth | error map.
 - ``plot_camera``: predictions projected on a camera image.
+- ``plot_depth_overlay``: LiDAR points on a camera image coloured by depth (``jobs/inspect_data.py``).
+- ``plot_labels_bev``: one sweep from above coloured by label (``jobs/inspect_data.py``).
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from afov_ray.storage.atomic import atomic_write_bytes
+from afov_ray.viz.palette import class_colors, error_colors
 
 
 def _plt():
@@ -26,16 +33,15 @@ def _plt():
 def class_palette(num_classes: int = 17) -> np.ndarray:
     """(C, 3) float RGB in [0, 1]: the product palette of ``afov_ray.viz.palette`` (17 ids: nuScenes,
     20: SemanticKITTI, else its fallback); class 0 light grey."""
-    from afov_ray.viz.palette import class_colors
-
     return class_colors(None, num_classes)
 
 
 def _save(fig, path: str | Path) -> str:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    """Write the figure as PNG (a local path or an s3:// URI, atomically) and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     _plt().close(fig)
+    atomic_write_bytes(str(path), buf.getvalue())
     return str(path)
 
 
@@ -88,8 +94,6 @@ def plot_bev(xyz: np.ndarray, gt: np.ndarray, pred: np.ndarray, path: str | Path
     gt = np.asarray(gt, np.int64)
     pred = np.asarray(pred, np.int64)
     err = np.where(gt == 0, 0, np.where(gt == pred, 1, 2))
-    from afov_ray.viz.palette import error_colors
-
     err_pal = error_colors()
     r = extent or (float(np.percentile(np.abs(xyz[:, :2]), 98)) if len(xyz) else 1.0)
     size = float(np.clip(20000.0 / max(len(xyz), 1), 0.3, 4.0))  # visible dots for sparse and dense scans
@@ -122,5 +126,51 @@ def plot_camera(image: np.ndarray, uv: np.ndarray, labels: np.ndarray, path: str
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.axis("off")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_depth_overlay(image: np.ndarray, uv: np.ndarray, depth: np.ndarray, path: str | Path, title: str = "") -> str:
+    """LiDAR points projected onto a camera image, coloured by depth (a check of the calibration chain)."""
+    plt = _plt()
+    h, w = image.shape[:2]
+    fig, ax = plt.subplots(figsize=(10, 10 * h / max(w, 1) + 0.6))
+    ax.imshow(image)
+    vmax = max(float(np.percentile(depth, 99)) if len(depth) else 1.0, 1.0)
+    sc = ax.scatter(uv[:, 0], uv[:, 1], c=depth, s=1.5, cmap="jet", vmin=0, vmax=vmax)
+    fig.colorbar(sc, ax=ax, fraction=0.03, label="depth [m]")
+    ax.set_title(title)
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.axis("off")
+    return _save(fig, path)
+
+
+def plot_labels_bev(xyz: np.ndarray, labels: np.ndarray | None, path: str | Path, title: str = "",
+                    names: Sequence[str] | None = None, extent: float = 50.0, dataset: str | None = None) -> str:
+    """Bird's-eye view (x forward up, y left) of one sweep coloured by label with the product palette (by height
+    when unlabelled)."""
+    from matplotlib.colors import ListedColormap
+
+    plt = _plt()
+    pts = np.asarray(xyz)
+    fig, ax = plt.subplots(figsize=(8, 8))
+    if labels is not None:
+        labels = np.asarray(labels, np.int64)
+        nc = max(int(labels.max()) + 1 if labels.size else 1, len(names) if names else 0, 2)
+        sc = ax.scatter(-pts[:, 1], pts[:, 0], c=labels, s=0.5, cmap=ListedColormap(class_colors(dataset, nc)),
+                        vmin=-0.5, vmax=nc - 0.5)  # one colour per class id
+        cb = fig.colorbar(sc, ax=ax, fraction=0.04, ticks=range(nc))
+        if names:
+            cb.ax.set_yticklabels([names[i] if i < len(names) else str(i) for i in range(nc)], fontsize=6)
+        cb.set_label("label")
+    else:
+        sc = ax.scatter(-pts[:, 1], pts[:, 0], c=pts[:, 2], s=0.5, cmap="viridis")
+        fig.colorbar(sc, ax=ax, fraction=0.04, label="z [m]")
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect("equal")
+    ax.set_xlabel("-y [m]")
+    ax.set_ylabel("x [m]")
     ax.set_title(title)
     return _save(fig, path)
