@@ -334,9 +334,15 @@ class StageResult:
         return self.result.metrics_dataframe
 
 def _checkpoint_dirs(storage: str, name: str) -> list[str]:
+    """Checkpoint folders of a Train run (``<storage>/<name>/checkpoint_*``, folders only)."""
+    import pyarrow.fs as pafs
 
     root = U.join(storage, name)
-    return [U.join(root, n) for n in U.listdir(root) if n.startswith("checkpoint_")]
+    fs, path = U.resolve(root)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    return sorted(U.join(root, U.basename(i.path)) for i in infos
+                  if i.type == pafs.FileType.Directory and U.basename(i.path).startswith("checkpoint_"))
+
 
 def previous_run_id(storage: str, name: str) -> str | None:
     """The MLflow run of an earlier, interrupted fit with the same run name and storage (resume)."""
