@@ -25,7 +25,7 @@ from afov_ray.datasets.types import CameraFrame, Keyframe
 from afov_ray.errors import DataError
 from afov_ray.storage import uri as U
 from afov_ray.teachers.dictionary import ClassDictionary
-from afov_ray.teachers.maskclip import MaskCLIPTeacher, config_record, decode_image, model_id
+from afov_ray.teachers.maskclip import MaskCLIPTeacher, config_record, decode_image, model_id, weights_sha256
 from afov_ray.teachers.schema import TeacherImage, TeacherRun, TextEmbeddingTable
 from afov_ray.teachers.simulated import simulate_image, simulated_text_embeddings
 
@@ -105,8 +105,9 @@ class MaskCLIPBackend:
         emb = teacher.text_embeddings.cpu().numpy().astype(np.float32)
         run = TeacherRun(name=self.cfg.name, vocabulary_hash=d.vocabulary_hash(), model_id=model_id(self.cfg),
                          feature_dim=teacher.feature_dim, created="")
-        return run, TextEmbeddingTable(embeddings=emb, void_row=False, num_texts=d.num_texts), {
-            "maskclip": config_record(self.cfg)}
+        extra = {"maskclip": config_record(self.cfg), "random_weights": not self.cfg.weights,
+                 "weights_sha256": weights_sha256(self.cfg.weights) if self.cfg.weights else None}
+        return run, TextEmbeddingTable(embeddings=emb, void_row=False, num_texts=d.num_texts), extra
 
     def setup(self, text: TextEmbeddingTable) -> None:
         d = ClassDictionary.load(self.dictionary)

@@ -328,13 +328,15 @@ def build_clip(cfg: CLIPConfig, seed: int | None = 0):
     return model.eval()
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+def read_state_dict(path: str | os.PathLike, allow_torchscript: bool = False) -> dict[str, Any]:
     """Load a CLIP state dict from a local file.
 
-    Accepts ``.safetensors`` (needs the optional ``safetensors`` package), plain ``torch.save`` state
+    Accepts ``.safetensors`` (needs the optional ``safetensors`` package) and plain ``torch.save`` state
     dicts (``.pt`` / ``.pth`` / ``.bin``; open_clip checkpoints, possibly wrapped in ``{"state_dict":
-    ...}`` with ``module.`` prefixes) and OpenAI's original TorchScript archives (``ViT-L-14-336px.pt``).
-    Never downloads anything.
+    ...}`` with ``module.`` prefixes), read with ``weights_only=True``: nothing in the file is executed.
+    OpenAI's original TorchScript archives (``ViT-L-14-336px.pt``) hold code, so they are refused unless
+    ``allow_torchscript`` (``teacher.maskclip.allow_torchscript``) says the file is trusted; the error says how
+    to convert one into a plain state dict once. Never downloads anything.
     """
     p = os.fspath(path)
     if not os.path.isfile(p):
@@ -349,7 +351,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     else:
         try:
             sd = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as first:  # noqa: BLE001 - TorchScript archives fail here; try that next
+        except Exception as first:  # noqa: BLE001 - TorchScript archives fail here
+            if not allow_torchscript:
+                raise DataError(p, "not a weights-only state dict (an OpenAI TorchScript archive runs code when "
+                                   "loaded). Convert a file you trust once: python -c \"import torch; "
+                                   "torch.save(torch.jit.load('IN.pt', map_location='cpu').state_dict(), 'OUT.pt')\" "
+                                   "or set teacher.maskclip.allow_torchscript=true") from None
             try:
                 sd = torch.jit.load(p, map_location="cpu").state_dict()
             except Exception as exc:  # noqa: BLE001

@@ -43,9 +43,9 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from afov_ray.config import option
+from afov_ray.config import ConfigError, option
 from afov_ray.errors import DataError
-from afov_ray.teachers.clip_model import OPENAI_MEAN, OPENAI_STD, clip_config, load_clip
+from afov_ray.teachers.clip_model import OPENAI_MEAN, OPENAI_STD, clip_config, load_clip, read_state_dict
 from afov_ray.teachers.clip_tokenizer import CLIPTokenizer
 from afov_ray.teachers.schema import TeacherImage
 
@@ -102,6 +102,9 @@ class MaskCLIPConfig:
     row_chunk: int = option(0, "output rows per chunk for the argmax / pooling; 0 = auto (CUDA 64, CPU 8)", min=0)
     text_batch: int = option(256, "prompts per text-encoder batch", min=1)
     seed: int = option(0, "random-init seed (only with allow_random_weights)")
+    allow_random_weights: bool = option(False, "run without weights (random init; tests only): the run record says so")
+    allow_torchscript: bool = option(False, "accept an OpenAI TorchScript weights archive (it runs code when loaded: "
+                                            "only for a file you trust; better convert it once to a state dict)")
 
     def template_list(self) -> tuple[str, ...]:
         if self.custom_templates:
@@ -124,6 +127,18 @@ def resolve_device(device: str) -> str:
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+BUNDLED_BPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "bpe_simple_vocab_16e6.txt.gz")
+
+
+def weights_sha256(path: str) -> str:
+    """Full sha256 of the weights file (for the run record)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def weights_id(path: str) -> str:
@@ -226,14 +241,17 @@ class MaskCLIPTeacher:
         self.cfg = cfg
         self.device = torch.device(resolve_device(cfg.device))
         self.clip_cfg = cfg.clip_config()
-        if not cfg.bpe_path:
-            raise DataError("maskclip.bpe_path", "set the local path of bpe_simple_vocab_16e6.txt.gz "
-                                                 "(it ships inside the open_clip_torch wheel and the OpenAI CLIP repo)")
-        self.tokenizer = CLIPTokenizer(cfg.bpe_path, context_length=self.clip_cfg.context_length)
+        if not cfg.weights and not cfg.allow_random_weights:
+            raise ConfigError("config key 'teacher.maskclip.weights': required (a local CLIP state dict); a MaskCLIP "
+                              "teacher with random weights labels nothing meaningful (set "
+                              "teacher.maskclip.allow_random_weights=true only for tests; the run records it)")
+        bpe = cfg.bpe_path or BUNDLED_BPE
+        self.tokenizer = CLIPTokenizer(bpe, context_length=self.clip_cfg.context_length)
         if self.tokenizer.vocab_size > self.clip_cfg.vocab_size:
-            raise DataError(cfg.bpe_path, f"tokenizer has {self.tokenizer.vocab_size} ids but the model "
-                                          f"{cfg.model} embeds {self.clip_cfg.vocab_size}")
-        self.model = load_clip(cfg.weights or None, self.clip_cfg, seed=cfg.seed).to(self.device).eval()
+            raise DataError(bpe, f"tokenizer has {self.tokenizer.vocab_size} ids but the model "
+                                 f"{cfg.model} embeds {self.clip_cfg.vocab_size}")
+        weights = read_state_dict(cfg.weights, cfg.allow_torchscript) if cfg.weights else None
+        self.model = load_clip(weights, self.clip_cfg, seed=cfg.seed).to(self.device).eval()
         self.texts = list(texts)
         if text_embeddings is None:
             emb = self.encode_texts(self.texts)
