@@ -196,18 +196,22 @@ def _sum_slots(t: torch.Tensor) -> torch.Tensor:
     return acc
 
 
-def interpolate(z_sparse: torch.Tensor, idx: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+def interpolate(z_sparse: torch.Tensor, idx: torch.Tensor, pi: torch.Tensor,
+                method: str = "auto") -> torch.Tensor:
     """sum_i pi_qi z_{idx_qi}, summed over the slots i in order: (Nd, K) x (Ns, C) -> (Nd, C).
-    CPU: one scipy CSR product (it sums each row's entries in the stored order); other devices:
-    the slot loop. Both give the same values."""
+    ``method``: "auto" (CPU: "sparse", else "loop"), "sparse" (one scipy CSR product, which sums
+    each row's entries in the stored order), "loop" (torch, slot by slot). Same values."""
     nd, K = idx.shape
-    if z_sparse.device.type == "cpu":
-        import numpy as np
+    if method == "auto":
+        method = "sparse" if z_sparse.device.type == "cpu" else "loop"
+    if method == "sparse":
         from scipy.sparse import csr_matrix
 
         mat = csr_matrix((pi.reshape(-1).numpy(), idx.reshape(-1).numpy(),
                           np.arange(0, nd * K + 1, K)), shape=(nd, z_sparse.shape[0]))
         return torch.from_numpy(np.ascontiguousarray(mat @ z_sparse.numpy()))
+    if method != "loop":
+        raise ValueError(f"interpolate: unknown method {method!r}")
     acc = z_sparse[idx[:, 0]] * pi[:, 0, None]
     for i in range(1, K):
         acc = acc + z_sparse[idx[:, i]] * pi[:, i, None]
