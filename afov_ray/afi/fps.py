@@ -32,6 +32,8 @@ import math
 import numpy as np
 import torch
 
+from afov_ray.afi import fps_native
+
 _BLOCK = 256                 # points per block of the blocked CPU loop
 _BLOCKED_MIN_POINTS = 8192   # the blocked loop is used from this many points on (CPU)
 _MARGIN = 1.0 + 4e-6         # pruning safety factor (float32 distance error is < 1e-6 relative)
@@ -111,6 +113,27 @@ def _morton_order(p: np.ndarray) -> np.ndarray:
     return np.argsort(code, kind="stable")
 
 
+class _Blocks:
+    """Points sorted along a Morton curve and cut into blocks of ``block`` slots (the last block
+    padded), with per-block bounding boxes and running maxima of the FPS distances."""
+
+    def __init__(self, p: np.ndarray, block: int, eps2: float):
+        n = p.shape[0]
+        order = _morton_order(p)
+        nb = -(-n // block)
+        pad = nb * block - n
+        self.slot = np.concatenate([order, np.full(pad, order[-1], dtype=order.dtype)]).astype(np.int64)
+        q = p[self.slot]
+        self.X, self.Y, self.Z = (np.ascontiguousarray(q[:, i].reshape(nb, block)) for i in range(3))
+        self.T = np.where(_eligible(self.X, self.Y, self.Z, eps2), _INIT, np.float32(-1.0)).astype(np.float32)
+        if pad:
+            self.T.reshape(-1)[n:] = np.float32(-3.0)       # padding: below every real value
+        self.lo = np.stack([self.X.min(1), self.Y.min(1), self.Z.min(1)]).astype(np.float64)   # (3, nb)
+        self.hi = np.stack([self.X.max(1), self.Y.max(1), self.Z.max(1)]).astype(np.float64)
+        self.bmax = self.T.max(1)                              # exact block maxima (float32)
+        self.slot0 = int(np.flatnonzero(order == 0)[0])        # where point 0 sits
+
+
 def fps_blocked_numpy(xyz: np.ndarray, m: int, eps2: float = 1e-3, block: int = _BLOCK) -> np.ndarray:
     """Blocked loop with bounding-box pruning (numpy float32); same indices as the dense loop."""
     p = np.asarray(xyz, dtype=np.float32)
@@ -119,20 +142,9 @@ def fps_blocked_numpy(xyz: np.ndarray, m: int, eps2: float = 1e-3, block: int = 
     if m <= 1 or n == 0:
         return out
     threads = cuda_threads(n)
-    order = _morton_order(p)
-    nb = -(-n // block)
-    pad = nb * block - n
-    slot_to_point = np.concatenate([order, np.full(pad, order[-1], dtype=order.dtype)])
-    q = p[slot_to_point]
-    X = np.ascontiguousarray(q[:, 0].reshape(nb, block))
-    Y = np.ascontiguousarray(q[:, 1].reshape(nb, block))
-    Z = np.ascontiguousarray(q[:, 2].reshape(nb, block))
-    T = np.where(_eligible(X, Y, Z, eps2), _INIT, np.float32(-1.0)).astype(np.float32)
-    if pad:
-        T.reshape(-1)[n:] = np.float32(-3.0)           # padding: below every real value
-    lo = np.stack([X.min(1), Y.min(1), Z.min(1)]).astype(np.float64)     # (3, nb)
-    hi = np.stack([X.max(1), Y.max(1), Z.max(1)]).astype(np.float64)
-    bmax = T.max(1)                                    # exact block maxima (float32)
+    bl = _Blocks(p, block, eps2)
+    X, Y, Z, T, lo, hi, bmax, slot_to_point = bl.X, bl.Y, bl.Z, bl.T, bl.lo, bl.hi, bl.bmax, bl.slot
+    nb = X.shape[0]
     thr = bmax.astype(np.float64) * _MARGIN            # pruning thresholds
     gap_a = np.empty_like(lo)
     gap_b = np.empty_like(lo)
@@ -182,6 +194,27 @@ def fps_blocked_numpy(xyz: np.ndarray, m: int, eps2: float = 1e-3, block: int = 
     return out
 
 
+def fps_blocked_native(xyz: np.ndarray, m: int, eps2: float = 1e-3, block: int = _BLOCK
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The blocked loop in the compiled kernel (``afov_ray.afi.fps_native``): (indices (m,), owner
+    (N,)), or None when the kernel is unavailable. Same indices as ``fps_blocked_numpy``; owner[k]
+    is the rank (0..m-1) of the centre that last lowered point k's distance, a near centre (the
+    nearest up to float32 rounding; 0 for never-picked near-origin points)."""
+    lib = fps_native.load()
+    if lib is None:
+        return None
+    p = np.asarray(xyz, dtype=np.float32)
+    n = p.shape[0]
+    if m <= 1 or n == 0:
+        return np.zeros(m, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    bl = _Blocks(p, block, eps2)
+    idx, own_slot = fps_native.fps(lib, bl.X, bl.Y, bl.Z, bl.T, bl.slot, np.ascontiguousarray(bl.lo),
+                                   np.ascontiguousarray(bl.hi), bl.bmax, m, bl.slot0, cuda_threads(n), _MARGIN)
+    owner = np.empty(n, dtype=np.int64)
+    owner[bl.slot[:n]] = own_slot[:n]
+    return idx, owner
+
+
 def fps_dense_torch(xyz: torch.Tensor, m: int, eps2: float = 1e-3) -> torch.Tensor:
     """Dense loop in torch on xyz's device (float32, no host sync per iteration): (N, 3) -> (m,)."""
     dev = xyz.device
@@ -215,24 +248,38 @@ def fps_dense_torch(xyz: torch.Tensor, m: int, eps2: float = 1e-3) -> torch.Tens
     return out
 
 
-def furthest_point_sample(xyz: torch.Tensor, m: int, eps2: float = 1e-3,
-                          method: str = "auto") -> torch.Tensor:
+def furthest_point_sample(xyz: torch.Tensor, m: int, eps2: float = 1e-3, method: str = "auto",
+                          with_owner: bool = False):
     """FPS indices (m,) long on xyz's device for one point set (N, 3), official semantics (module
-    doc). ``method``: "auto" (blocked numpy on CPU for N >= 8192, dense numpy for smaller CPU
-    sets, dense torch on other devices), or force "blocked", "dense_numpy", "dense_torch"."""
+    doc). ``method``: "auto" (CPU: the compiled blocked kernel when available, else the numpy
+    blocked loop from 8192 points and the dense numpy loop below; other devices: the dense torch
+    loop), or force "native", "blocked", "dense_numpy", "dense_torch". With ``with_owner``, returns
+    (indices, owner) where owner (N,) long is each point's near centre from the compiled kernel
+    (see ``fps_blocked_native``), or None from the other paths."""
     n = xyz.shape[0]
     if method == "auto":
         if xyz.device.type != "cpu":
             method = "dense_torch"
+        elif fps_native.load() is not None:
+            method = "native"
         else:
             method = "blocked" if n >= _BLOCKED_MIN_POINTS else "dense_numpy"
+    owner = None
     if method == "dense_torch":
-        return fps_dense_torch(xyz, m, eps2)
+        idx_t = fps_dense_torch(xyz, m, eps2)
+        return (idx_t, None) if with_owner else idx_t
     p = xyz.detach().to("cpu", torch.float32).numpy()
-    if method == "blocked":
+    if method == "native":
+        res = fps_blocked_native(p, m, eps2)
+        if res is None:
+            raise RuntimeError(f"furthest_point_sample: compiled kernel unavailable ({fps_native.status()})")
+        idx, own = res
+        owner = torch.from_numpy(own).to(xyz.device)
+    elif method == "blocked":
         idx = fps_blocked_numpy(p, m, eps2)
     elif method == "dense_numpy":
         idx = fps_dense_numpy(p, m, eps2)
     else:
         raise ValueError(f"furthest_point_sample: unknown method {method!r}")
-    return torch.from_numpy(idx).to(xyz.device)
+    idx_t = torch.from_numpy(idx).to(xyz.device)
+    return (idx_t, owner) if with_owner else idx_t

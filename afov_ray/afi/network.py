@@ -17,7 +17,7 @@ import torch
 from afov_ray.afi.config import AFIConfig
 from afov_ray.afi.fps import furthest_point_sample
 from afov_ray.afi.geometry import official_normalize, row_norm
-from afov_ray.afi.knn import knn
+from afov_ray.afi.neighbors import knn
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Level:
     ell: torch.Tensor | None = None          # (G, A) |mu|
     h: torch.Tensor | None = None            # (G, A, C) normalised label histograms ("avg_features")
     influence: torch.Tensor | None = None    # (G,) I_c after mean normalisation ("k_influence")
+    owner: torch.Tensor | None = None        # (|level s-1|,) a near centre of each point (FPS kernel)
 
 
 def encode_stage(prev: Level, G: int, cfg: AFIConfig, dirs: torch.Tensor, first: bool) -> Level:
@@ -44,7 +45,7 @@ def encode_stage(prev: Level, G: int, cfg: AFIConfig, dirs: torch.Tensor, first:
     k = min(cfg.k, n_prev)
     A = dirs.shape[0]
     C = x_p.shape[1]
-    cidx = furthest_point_sample(xyz_p, G, cfg.fps_origin_eps2)                  # (G,)
+    cidx, owner = furthest_point_sample(xyz_p, G, cfg.fps_origin_eps2, with_owner=True)   # (G,)
     centres = xyz_p[cidx]
     nidx = knn(centres, xyz_p, k, cfg.knn_chunk_elems)                            # (G, k)
     o = xyz_p[nidx] - centres[:, None, :]                                         # (G, k, 3)
@@ -87,7 +88,7 @@ def encode_stage(prev: Level, G: int, cfg: AFIConfig, dirs: torch.Tensor, first:
     x_new = official_normalize(influence[:, None] * pooled + cfg.pool_self_weight * x_p[cidx]
                                + x_nb.max(dim=1).values * cfg.pool_max_weight)
     return Level(xyz=centres, x=x_new, centre_idx=cidx, knn_idx=nidx, bins=bins, counts=counts, w=w,
-                 mu=mu, ell=ell, h=h, influence=influence)
+                 mu=mu, ell=ell, h=h, influence=influence, owner=owner)
 
 
 def relevance(u: torch.Tensor, dist: torch.Tensor, prev: Level, cidx: torch.Tensor,
@@ -125,9 +126,10 @@ def line_mass(u: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, mh: torch.Ten
 
     Only the bins with w > 0 can contribute (a bin with w = 0 adds exactly 0), so only those are
     evaluated (stage 1 of a real scan has 6 non-empty bins of 20 on average). The cosine is
-    ``(m_x u_x + m_y u_y) + m_z u_z`` as the official sum over the last axis. ``method``: "auto"
-    (numpy on CPU, torch elsewhere), "numpy" (pairs grouped by sparse point, one small dense block
-    per point: no large gathers), "torch" (pairs grouped by their point's non-empty-bin count)."""
+    ``(m_x u_x + m_y u_y) + m_z u_z`` as the official sum over the last axis, and the bins are
+    summed in bin order. The (q, i) pairs are grouped by their point's number n of non-empty bins
+    and each group evaluates exactly n bins. ``method``: "auto" (numpy on CPU, torch elsewhere),
+    "numpy" (bin-major blocks, summed along the first axis), "torch"."""
     if method == "auto":
         method = "numpy" if u.device.type == "cpu" else "torch"
     if method == "numpy":
@@ -137,28 +139,34 @@ def line_mass(u: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, mh: torch.Ten
     return _line_mass_torch(u, idx, w, mh, gamma)
 
 
-def _line_mass_numpy(u: np.ndarray, idx: np.ndarray, w: np.ndarray, mh: np.ndarray,
-                     gamma: float) -> np.ndarray:
-    ns = w.shape[0]
+def _line_mass_numpy(u: np.ndarray, idx: np.ndarray, w: np.ndarray, mh: np.ndarray, gamma: float,
+                     chunk: int = 1 << 16) -> np.ndarray:
     g = w.dtype.type(gamma)
     keep = w > 0
+    n_keep = keep.sum(1)
+    order_a = np.argsort(~keep, axis=1, kind="stable")            # non-empty bins first, in order
+    # bin-major tables (A, Ns): a gathered block (n, pairs) is summed over bins along axis 0
+    w_t = np.ascontiguousarray(np.take_along_axis(w, order_a, 1).T)
+    mc = np.take_along_axis(mh, order_a[..., None], 1)
+    mx, my, mz = (np.ascontiguousarray(mc[..., i].T) for i in range(3))
     flat_c = idx.reshape(-1)
-    order = np.argsort(flat_c.astype(np.int32), kind="stable")
-    bounds = np.searchsorted(flat_c[order], np.arange(ns + 1))
-    us = u.reshape(-1, 3)[order]
-    lam_sorted = np.zeros(flat_c.shape[0], dtype=w.dtype)
-    active = np.flatnonzero(keep.any(1) & (bounds[1:] > bounds[:-1]))
-    for c in active.tolist():
-        s, e = bounds[c], bounds[c + 1]
-        bins = np.flatnonzero(keep[c])
-        m = mh[c, bins]                                                           # (n, 3)
-        cos = us[s:e, 0, None] * m[:, 0]
-        cos += us[s:e, 1, None] * m[:, 1]
-        cos += us[s:e, 2, None] * m[:, 2]
-        np.abs(cos, out=cos)
-        lam_sorted[s:e] = ((cos > g) * w[c, bins]).sum(1)
-    lam = np.empty_like(lam_sorted)
-    lam[order] = lam_sorted
+    uf = u.reshape(-1, 3)
+    cnt = n_keep[flat_c]
+    order = np.argsort(cnt.astype(np.uint8 if w.shape[1] < 256 else np.int64), kind="stable")
+    edges = np.searchsorted(cnt[order], np.arange(w.shape[1] + 2))
+    lam = np.zeros(flat_c.shape[0], dtype=w.dtype)
+    for nb in range(1, w.shape[1] + 1):
+        for a in range(edges[nb], edges[nb + 1], chunk):
+            sel = order[a:min(edges[nb + 1], a + chunk)]
+            c = flat_c[sel]
+            us = uf[sel]
+            cos = mx[:nb, c] * us[:, 0]
+            cos += my[:nb, c] * us[:, 1]
+            cos += mz[:nb, c] * us[:, 2]
+            np.abs(cos, out=cos)
+            contrib = w_t[:nb, c]
+            contrib *= cos > g
+            lam[sel] = contrib.sum(0)                              # bins in order
     return lam.reshape(idx.shape)
 
 
@@ -231,7 +239,7 @@ def decode_step(dense_xyz: torch.Tensor, dense_x: torch.Tensor, sparse: Level, z
     nd = dense_xyz.shape[0]
     K = min(cfg.de_k, sparse.xyz.shape[0])
     mh = sparse.mu / (sparse.ell[..., None] + 1e-8)                               # (Ns, A, 3)
-    idx = knn(dense_xyz, sparse.xyz, K, cfg.knn_chunk_elems)                       # (Nd, K)
+    idx = knn(dense_xyz, sparse.xyz, K, cfg.knn_chunk_elems, owner=sparse.owner)  # (Nd, K)
     off = sparse.xyz[idx] - dense_xyz[:, None, :]                                 # (Nd, K, 3)
     u = off / (row_norm(off)[..., None] + 1e-8)
     lam = line_mass(u, idx, sparse.w, mh, cfg.gamma)                              # (Nd, K)

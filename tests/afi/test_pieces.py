@@ -5,6 +5,7 @@ and from the pointnet2 CUDA FPS kernel."""
 from __future__ import annotations
 
 import math
+import shutil
 from functools import partial
 
 import numpy as np
@@ -15,8 +16,10 @@ import afov_ray.afi.network as network
 from afov_ray.afi import (AFIConfig, afi_refine, afi_refine_batch, afi_trace, assist_probability,
                           decoder_kappas, fibonacci_directions, furthest_point_sample, knn, level_sizes,
                           near_ego_ground)
-from afov_ray.afi.fps import cuda_threads, fps_blocked_numpy, fps_dense_numpy, fps_dense_torch
-from afov_ray.afi.knn import knn_numpy, knn_torch
+from afov_ray.afi import fps_native
+from afov_ray.afi.fps import (cuda_threads, fps_blocked_native, fps_blocked_numpy, fps_dense_numpy,
+                              fps_dense_torch)
+from afov_ray.afi.neighbors import knn_numpy, knn_owner_numpy, knn_torch
 from afov_ray.afi.network import Level, interpolate, line_mass, relevance
 from afov_ray.errors import DataError
 
@@ -59,9 +62,14 @@ def test_level_sizes_and_kappas():
 
 
 def _fps_all(p: np.ndarray, m: int) -> list[np.ndarray]:
-    return [fps_dense_numpy(p, m), fps_blocked_numpy(p, m, block=32),
+    """Every FPS implementation; the compiled kernel is required where a C compiler exists."""
+    runs = [fps_dense_numpy(p, m), fps_blocked_numpy(p, m, block=32), fps_blocked_numpy(p, m),
             fps_dense_torch(torch.from_numpy(p), m).numpy(),
             furthest_point_sample(torch.from_numpy(p), m).numpy()]
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert fps_native.status() == "native", fps_native.status()
+        runs += [fps_blocked_native(p, m, block=32)[0], fps_blocked_native(p, m)[0]]
+    return runs
 
 
 def test_fps_start_origin_and_implementations_agree():
@@ -118,6 +126,33 @@ def test_knn_exact_order_ties_and_paths():
         ((ref[None, :4] - q[:, None]) ** 2).sum(-1), axis=1, kind="stable"))
     with pytest.raises(ValueError, match="k = 5"):
         knn(torch.from_numpy(q), torch.from_numpy(ref[:4]), 5)
+
+
+def test_knn_owner_path_equals_tree():
+    """The decoder's owner-certificate kNN (compiled kernel) gives exactly the tree's neighbours,
+    with the FPS kernel's owners, with wrong owners (every row falls back) and with exact ties."""
+    if fps_native.load() is None:
+        assert not (shutil.which("cc") or shutil.which("gcc")), fps_native.status()
+        pytest.skip("no C compiler: the owner path is unused")
+    g = np.random.default_rng(5)
+    pts = np.concatenate([g.normal(size=(4000, 3)) * [20, 20, 2],
+                          np.stack(np.meshgrid(*[np.arange(8.0)] * 3, indexing="ij"), -1).reshape(-1, 3)])
+    pts = pts.astype(np.float32).astype(np.float64)
+    idx, owner = fps_blocked_native(pts, 300)
+    ref = pts[idx]
+    assert owner.shape == (len(pts),) and owner.max() < 300
+    nearest = knn_numpy(pts, ref, 1)[:, 0]
+    assert (owner == nearest).mean() > 0.99                       # a near centre, mostly the nearest
+    for k in (1, 6, 16):
+        want = knn_numpy(pts, ref, k)
+        np.testing.assert_array_equal(knn_owner_numpy(pts, ref, k, owner), want)
+        np.testing.assert_array_equal(knn_owner_numpy(pts, ref, k, (owner + 37) % 300), want)
+    grid = np.stack(np.meshgrid(*[np.arange(6.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    q = grid[::5] + 0.5                                           # equidistant from 8 grid points
+    own = knn_numpy(q, grid, 1)[:, 0]
+    np.testing.assert_array_equal(knn_owner_numpy(q, grid, 6, own), knn_numpy(q, grid, 6))
+    t = knn(torch.from_numpy(q), torch.from_numpy(grid), 6, owner=torch.from_numpy(own))
+    np.testing.assert_array_equal(t.numpy(), knn_numpy(q, grid, 6))
 
 
 def _bag(entries, A=20):

@@ -115,20 +115,62 @@ def knn_torch(query: torch.Tensor, ref: torch.Tensor, k: int, chunk_elems: int =
     return out
 
 
+_OWNER_CANDIDATES = 25      # the owner and its 24 nearest reference points
+
+
+def knn_owner_numpy(query: np.ndarray, ref: np.ndarray, k: int, owner: np.ndarray,
+                    chunk_elems: int = 1 << 22) -> np.ndarray | None:
+    """Exact kNN from a near reference point per query (``owner``, e.g. from the FPS kernel): only
+    the owner and its 24 nearest reference points are examined, and a row is accepted only when
+    the triangle inequality proves that no other reference point can be nearer than its k-th
+    (compiled kernel ``afi_knn_owner``); the other rows go to ``knn_numpy``. Same result as
+    ``knn_numpy``. None when the compiled kernel is unavailable."""
+    from afov_ray.afi import fps_native
+
+    lib = fps_native.load()
+    g = ref.shape[0]
+    mc = _OWNER_CANDIDATES
+    if lib is None or g <= mc or k > 16:
+        return None
+    q = np.ascontiguousarray(query, dtype=np.float64)
+    r = np.ascontiguousarray(ref, dtype=np.float64)
+    # candidate row of reference point c: c itself, then its mc - 1 nearest other points;
+    # rm[c] = distance to the last of them, so every point outside the row is at least that far
+    rows = knn_numpy(r, r, mc, chunk_elems)
+    key = np.where(rows == np.arange(g)[:, None], mc, np.arange(mc)[None, :])    # self last
+    cand = np.empty((g, mc), dtype=np.int64)
+    cand[:, 0] = np.arange(g)
+    cand[:, 1:] = np.take_along_axis(rows, np.argsort(key, axis=1, kind="stable")[:, :mc - 1], 1)
+    rm = np.sqrt(_sq_dist_np(r, r[cand[:, -1]]))
+    out, ok = fps_native.knn_owner(lib, q, r, np.asarray(owner, np.int64), cand, rm, k, 1e-9)
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        out[bad] = knn_numpy(q[bad], r, k, chunk_elems)
+    return out
+
+
 def knn(query: torch.Tensor, ref: torch.Tensor, k: int, chunk_elems: int = 1 << 22,
-        method: str = "auto") -> torch.Tensor:
+        method: str = "auto", owner: torch.Tensor | None = None) -> torch.Tensor:
     """Indices (M, k) long of the k nearest ``ref`` points of each ``query`` point (module doc),
-    on the device of ``query``. ``method``: "auto" (tree on CPU, brute force elsewhere), "tree",
-    "brute"."""
+    on the device of ``query``. ``method``: "auto" (CPU: the owner path when ``owner`` (M,) is given
+    and the compiled kernel is available, else the tree; other devices: brute force), "owner",
+    "tree", "brute"."""
     n = ref.shape[0]
     if k > n:
         raise ValueError(f"knn: k = {k} > {n} reference points")
     if method == "auto":
-        method = "tree" if query.device.type == "cpu" else "brute"
+        method = "brute" if query.device.type != "cpu" else ("owner" if owner is not None else "tree")
     if method == "brute":
         return knn_torch(query, ref, k, chunk_elems)
-    if method != "tree":
+    q = query.detach().cpu().double().numpy()
+    r = ref.detach().cpu().double().numpy()
+    idx = None
+    if method == "owner":
+        if owner is None:
+            raise ValueError("knn: method 'owner' needs owner")
+        idx = knn_owner_numpy(q, r, k, owner.detach().cpu().numpy(), chunk_elems)
+    elif method != "tree":
         raise ValueError(f"knn: unknown method {method!r}")
-    idx = knn_numpy(query.detach().cpu().double().numpy(), ref.detach().cpu().double().numpy(), k,
-                    chunk_elems)
+    if idx is None:
+        idx = knn_numpy(q, r, k, chunk_elems)
     return torch.from_numpy(idx).to(query.device)
