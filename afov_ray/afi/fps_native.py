@@ -1,5 +1,6 @@
-"""Optional compiled kernels: the blocked FPS loop (``afov_ray.afi.fps``) and the owner-based exact
-kNN of the decoder (``afov_ray.afi.neighbors``).
+"""Optional compiled kernels: the blocked FPS loop (``afov_ray.afi.fps``), the owner-based exact
+kNN of the decoder (``afov_ray.afi.neighbors``) and the decoder's line masses
+(``afov_ray.afi.network.line_mass``).
 
 The FPS is AFI's only long sequential loop (1365 dependent iterations at stage 1). The numpy
 blocked loop costs about 35 small numpy calls per iteration; the kernel runs the same algorithm
@@ -7,7 +8,8 @@ blocked loop costs about 35 small numpy calls per iteration; the kernel runs the
 faster, and also records which centre last lowered each point's distance (a near centre, the
 "owner"). The decoder's kNN (the 6 nearest centres of every point) then only examines the owner
 and its nearest centres, with a triangle-inequality certificate; rows without a certificate go
-to the tree (same results, tested).
+to the tree (same results, tested). The line-mass kernel evaluates the same cosines in the same
+order as the numpy blocks, without materialising them.
 
 The kernels are plain C99 without any dependency, compiled on first use with the system C compiler
 (``$CC``, ``cc``, ``gcc`` or ``clang``) into a per-user cache directory (``$AFOV_CACHE_DIR``, else
@@ -156,6 +158,32 @@ int afi_knn_owner(const double *q, const double *r, const int64_t *owner, const 
     }
     return 0;
 }
+
+/* Decoder line masses (afov_ray.afi.network.line_mass): for pair p with sparse point c = idx[p],
+   lam[p] = sum over c's first nk[c] bins (its non-empty bins, in bin order) of
+   w[c, a] * [ |(mx u_x + my u_y) + mz u_z| > gamma ]; tables are Ns x A, row-major. */
+#define AFI_LINE_MASS(NAME, T)                                                                  \
+int NAME(const T *u, const int64_t *idx, const int64_t *nk, const T *mx, const T *my,          \
+         const T *mz, const T *w, int64_t np, int64_t A, T gamma, T *lam)                     \
+{                                                                                               \
+    for (int64_t p = 0; p < np; ++p) {                                                          \
+        const int64_t c = idx[p], n = nk[c];                                                    \
+        const T ux = u[3 * p], uy = u[3 * p + 1], uz = u[3 * p + 2];                            \
+        T acc = 0;                                                                              \
+        for (int64_t a = 0; a < n; ++a) {                                                       \
+            const int64_t e = c * A + a;                                                        \
+            T cs = mx[e] * ux;                                                                  \
+            cs = cs + my[e] * uy;                                                               \
+            cs = cs + mz[e] * uz;                                                               \
+            if (cs < 0) cs = -cs;                                                               \
+            if (cs > gamma) acc = acc + w[e];                                                   \
+        }                                                                                       \
+        lam[p] = acc;                                                                           \
+    }                                                                                           \
+    return 0;                                                                                   \
+}
+AFI_LINE_MASS(afi_line_mass_f32, float)
+AFI_LINE_MASS(afi_line_mass_f64, double)
 """
 
 _LOCK = threading.Lock()
@@ -202,6 +230,9 @@ def load():
             lib.afi_fps_blocked.restype = ctypes.c_int
             lib.afi_knn_owner.argtypes = [ptr] * 5 + [i64, i64, i64, f64, ptr, ptr]
             lib.afi_knn_owner.restype = ctypes.c_int
+            for name, scalar in (("afi_line_mass_f32", ctypes.c_float), ("afi_line_mass_f64", f64)):
+                getattr(lib, name).argtypes = [ptr] * 7 + [i64, i64, scalar, ptr]
+                getattr(lib, name).restype = ctypes.c_int
             fn = lib
         except Exception as exc:           # no compiler, read-only home, ...: numpy fallback
             _STATE["error"] = repr(exc)
@@ -252,3 +283,16 @@ def knn_owner(lib, q: np.ndarray, r: np.ndarray, owner: np.ndarray, cand: np.nda
     if rc != 0:
         raise ValueError("fps_native.knn_owner: k too large")
     return out, ok.astype(bool)
+
+
+def line_mass(lib, u: np.ndarray, idx: np.ndarray, n_keep: np.ndarray, mx: np.ndarray, my: np.ndarray,
+              mz: np.ndarray, w: np.ndarray, gamma: float) -> np.ndarray:
+    """Line mass per (dense point, neighbour) pair; u (P, 3), idx (P,), tables (Ns, A) with each
+    row's non-empty bins first (n_keep[c] of them). float32 or float64, as w."""
+    dt = w.dtype
+    fn = lib.afi_line_mass_f32 if dt == np.float32 else lib.afi_line_mass_f64
+    arrays = [np.ascontiguousarray(u, dt), np.ascontiguousarray(idx, np.int64),
+              np.ascontiguousarray(n_keep, np.int64)] + [np.ascontiguousarray(t, dt) for t in (mx, my, mz, w)]
+    lam = np.zeros(idx.shape[0], dtype=dt)
+    fn(*[a.ctypes.data for a in arrays], idx.shape[0], w.shape[1], dt.type(gamma), lam.ctypes.data)
+    return lam

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from afov_ray.afi import fps_native
 from afov_ray.afi.config import AFIConfig
 from afov_ray.afi.fps import furthest_point_sample
 from afov_ray.afi.geometry import official_normalize, row_norm
@@ -128,15 +129,28 @@ def line_mass(u: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, mh: torch.Ten
     evaluated (stage 1 of a real scan has 6 non-empty bins of 20 on average). The cosine is
     ``(m_x u_x + m_y u_y) + m_z u_z`` as the official sum over the last axis, and the bins are
     summed in bin order. The (q, i) pairs are grouped by their point's number n of non-empty bins
-    and each group evaluates exactly n bins. ``method``: "auto" (numpy on CPU, torch elsewhere),
-    "numpy" (bin-major blocks, summed along the first axis), "torch"."""
+    and each group evaluates exactly n bins. ``method``: "auto" (CPU: the compiled kernel when
+    available, else numpy; other devices: torch), "native", "numpy" (bin-major blocks, summed along
+    the first axis), "torch"."""
     if method == "auto":
-        method = "numpy" if u.device.type == "cpu" else "torch"
+        method = "numpy" if u.device.type != "cpu" else ("native" if fps_native.load() else "numpy")
+    if method == "native":
+        return torch.from_numpy(_line_mass_native(u.numpy(), idx.numpy(), w.numpy(), mh.numpy(), gamma))
     if method == "numpy":
         return torch.from_numpy(_line_mass_numpy(u.numpy(), idx.numpy(), w.numpy(), mh.numpy(), gamma))
     if method != "torch":
         raise ValueError(f"line_mass: unknown method {method!r}")
     return _line_mass_torch(u, idx, w, mh, gamma)
+
+
+def _line_mass_native(u: np.ndarray, idx: np.ndarray, w: np.ndarray, mh: np.ndarray,
+                      gamma: float) -> np.ndarray:
+    keep = w > 0
+    order_a = np.argsort(~keep, axis=1, kind="stable")            # non-empty bins first, in order
+    mc = np.take_along_axis(mh, order_a[..., None], 1)
+    lam = fps_native.line_mass(fps_native.load(), u.reshape(-1, 3), idx.reshape(-1), keep.sum(1),
+                               mc[..., 0], mc[..., 1], mc[..., 2], np.take_along_axis(w, order_a, 1), gamma)
+    return lam.reshape(idx.shape)
 
 
 def _line_mass_numpy(u: np.ndarray, idx: np.ndarray, w: np.ndarray, mh: np.ndarray, gamma: float,
@@ -166,7 +180,10 @@ def _line_mass_numpy(u: np.ndarray, idx: np.ndarray, w: np.ndarray, mh: np.ndarr
             np.abs(cos, out=cos)
             contrib = w_t[:nb, c]
             contrib *= cos > g
-            lam[sel] = contrib.sum(0)                              # bins in order
+            acc = contrib[0]
+            for b in range(1, nb):                                 # bins in order
+                acc += contrib[b]
+            lam[sel] = acc
     return lam.reshape(idx.shape)
 
 

@@ -89,8 +89,8 @@ def afi_trace(xyz: torch.Tensor, labels: torch.Tensor, cfg: AFIConfig | None = N
     """Full AFI on one scan, keeping every intermediate (see ``afi_refine``)."""
     cfg = cfg or AFIConfig()
     cfg.validate()
-    xyz, labels, pseudo = _check(name, xyz, labels, pseudo, cfg)
-    with cpu_threads(cfg.cpu_threads, xyz.device):
+    with cpu_threads(cfg.cpu_threads, torch.as_tensor(xyz).device):
+        xyz, labels, pseudo = _check(name, xyz, labels, pseudo, cfg)
         return _trace(xyz, labels, cfg, pseudo, generator)
 
 
@@ -163,8 +163,10 @@ def afi_refine(xyz: torch.Tensor, labels: torch.Tensor, cfg: AFIConfig | None = 
     torch.Generator; default: seeded with cfg.assist_seed). stats: changed_fraction (vs. the labels
     after the optional assist), n_points, level_sizes, kappas, ground_status, n_ring,
     n_ground_inliers, n_no_mass, n_assist_replaced, name."""
-    tr = afi_trace(xyz, labels, cfg, pseudo, generator, name)
-    return tr.labels, _stats(name, tr)
+    cfg = cfg or AFIConfig()
+    with cpu_threads(cfg.cpu_threads, torch.as_tensor(xyz).device):
+        tr = afi_trace(xyz, labels, cfg, pseudo, generator, name)
+        return tr.labels, _stats(name, tr)
 
 
 def _as_scan(item: Any, i: int) -> tuple[str, Any, Any, Any]:

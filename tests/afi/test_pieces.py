@@ -145,12 +145,13 @@ def test_knn_owner_path_equals_tree():
     assert (owner == nearest).mean() > 0.99                       # a near centre, mostly the nearest
     for k in (1, 6, 16):
         want = knn_numpy(pts, ref, k)
-        np.testing.assert_array_equal(knn_owner_numpy(pts, ref, k, owner), want)
-        np.testing.assert_array_equal(knn_owner_numpy(pts, ref, k, (owner + 37) % 300), want)
+        np.testing.assert_array_equal(knn_owner_numpy(pts, ref, k, owner, min_queries=0), want)
+        np.testing.assert_array_equal(knn_owner_numpy(pts, ref, k, (owner + 37) % 300, min_queries=0), want)
     grid = np.stack(np.meshgrid(*[np.arange(6.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
     q = grid[::5] + 0.5                                           # equidistant from 8 grid points
     own = knn_numpy(q, grid, 1)[:, 0]
-    np.testing.assert_array_equal(knn_owner_numpy(q, grid, 6, own), knn_numpy(q, grid, 6))
+    np.testing.assert_array_equal(knn_owner_numpy(q, grid, 6, own, min_queries=0), knn_numpy(q, grid, 6))
+    assert knn_owner_numpy(q, grid, 6, own) is None                       # few queries: the tree
     t = knn(torch.from_numpy(q), torch.from_numpy(grid), 6, owner=torch.from_numpy(own))
     np.testing.assert_array_equal(t.numpy(), knn_numpy(q, grid, 6))
 
@@ -201,6 +202,10 @@ def test_line_mass_and_interpolation_paths_agree():
     full = (w[idx] * ((mh[idx] * u[:, :, None, :]).sum(-1).abs() > 0.995)).sum(-1)   # all 20 bins
     torch.testing.assert_close(a, b, rtol=1e-15, atol=0)
     torch.testing.assert_close(a, full, rtol=1e-15, atol=0)
+    if fps_native.load() is not None:                             # same terms, same order: bitwise
+        for dt in (torch.float64, torch.float32):
+            args = (u.to(dt), idx, w.to(dt), mh.to(dt), 0.995)
+            assert torch.equal(line_mass(*args, method="native"), line_mass(*args, method="numpy"))
     assert (a > 0).float().mean() > 0.15
     z = torch.rand(ns, C, generator=g, dtype=torch.float64)
     pi = torch.rand(nd, 6, generator=g, dtype=torch.float64)
