@@ -95,7 +95,7 @@ def load_official(repo: str) -> types.ModuleType:
     sys.modules.update({"pointnet2_ops": pkg, "pointnet2_ops.pointnet2_utils": utils,
                         "nuscenes_tools": tools})
     sys.path[:0] = [str(root / "afi"), str(root)]
-    import afi as official  # noqa: E402  (the official afi/afi.py)
+    import afi as official  # the official afi/afi.py
 
     return official
 

@@ -8,6 +8,6 @@ from afov_ray.afi.neighbors import knn
 from afov_ray.afi.preprocess import assist_probability, near_ego_ground
 from afov_ray.afi.refine import AFITrace, afi_forward, afi_refine, afi_refine_batch, afi_trace
 
-__all__ = ["AFIConfig", "AFITrace", "afi_refine", "afi_refine_batch", "afi_trace", "afi_forward",
-           "fibonacci_directions", "level_sizes", "decoder_kappas", "furthest_point_sample", "knn",
-           "near_ego_ground", "assist_probability"]
+__all__ = ["AFIConfig", "AFITrace", "afi_forward", "afi_refine", "afi_refine_batch", "afi_trace",
+           "assist_probability", "decoder_kappas", "fibonacci_directions", "furthest_point_sample", "knn",
+           "level_sizes", "near_ego_ground"]

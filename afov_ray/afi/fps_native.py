@@ -234,7 +234,7 @@ def load():
                 getattr(lib, name).argtypes = [ptr] * 7 + [i64, i64, scalar, ptr]
                 getattr(lib, name).restype = ctypes.c_int
             fn = lib
-        except Exception as exc:           # no compiler, read-only home, ...: numpy fallback
+        except Exception as exc:  # noqa: BLE001  (no compiler, read-only home, ...: numpy fallback)
             _STATE["error"] = repr(exc)
             fn = None
         _STATE["fn"] = fn

@@ -7,10 +7,11 @@ runs one scan at a time (batch 1); so does this driver (``afi_refine_batch`` is 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 

@@ -64,7 +64,7 @@ def nuscenes_synthetic_labels(xyz: np.ndarray) -> np.ndarray:
 
 
 def load_nuscenes(data_root: Path, seed: int = 0) -> RealScan:
-    path = sorted((Path(data_root) / NUSCENES_DIR).glob("*.pcd.bin"))[0]
+    path = min((Path(data_root) / NUSCENES_DIR).glob("*.pcd.bin"))
     xyz = np.fromfile(path, dtype=np.float32).reshape(-1, 5)[:, :3].copy()
     clean = nuscenes_synthetic_labels(xyz)
     return RealScan("nuscenes_" + path.name.split("__")[-1].split(".")[0], xyz,

@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import afov_ray.afi.network as network
 from afov_ray.afi import (AFIConfig, afi_refine, afi_refine_batch, afi_trace, assist_probability,
-                          decoder_kappas, fibonacci_directions, furthest_point_sample, knn, level_sizes,
-                          near_ego_ground)
-from afov_ray.afi import fps_native
+                          decoder_kappas, fibonacci_directions, fps_native, furthest_point_sample, knn,
+                          level_sizes, near_ego_ground, network)
 from afov_ray.afi.fps import (cuda_threads, fps_blocked_native, fps_blocked_numpy, fps_dense_numpy,
                               fps_dense_torch)
 from afov_ray.afi.neighbors import knn_numpy, knn_owner_numpy, knn_torch
@@ -341,11 +339,11 @@ def test_assist_probability_and_seeding():
     cfg = AFIConfig(use_assist=True, ground_step=False, points=96)
     a, sa = afi_refine(xyz, lab, cfg, pseudo=pseudo, generator=torch.Generator().manual_seed(9))
     b, sb = afi_refine(xyz, lab, cfg, pseudo=pseudo, generator=torch.Generator().manual_seed(9))
-    c, sc = afi_refine(xyz, lab, cfg, pseudo=pseudo, generator=torch.Generator().manual_seed(10))
+    _, sc = afi_refine(xyz, lab, cfg, pseudo=pseudo, generator=torch.Generator().manual_seed(10))
     assert torch.equal(a, b) and sa["n_assist_replaced"] == sb["n_assist_replaced"]
     assert sa["n_assist_replaced"] != sc["n_assist_replaced"]
     eligible = int(((pseudo >= 1) & (pseudo <= 10)).sum())
     assert abs(sa["n_assist_replaced"] / eligible - 2 / 3) < 0.05           # pi(10 m) = 2/3
-    d, sd = afi_refine(xyz, lab, cfg, pseudo=pseudo)                        # default: cfg.assist_seed
-    e, se = afi_refine(xyz, lab, cfg, pseudo=pseudo)
+    d, _ = afi_refine(xyz, lab, cfg, pseudo=pseudo)                         # default: cfg.assist_seed
+    e, _ = afi_refine(xyz, lab, cfg, pseudo=pseudo)
     assert torch.equal(d, e)
