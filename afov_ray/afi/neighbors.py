@@ -13,8 +13,11 @@ place. The neighbour order within the set only changes float summation order dow
 
 CPU: a scipy ``cKDTree`` (single-threaded) proposes k + 1 candidates; they are re-ranked with the
 exact formula, and rows where the tree's (k+1)-th candidate is not clearly farther than the k-th
-(a near-tie at the boundary) are recomputed by brute force. Other devices: chunked brute force
-with ``topk`` and the same tie rule. Both give the same indices (tested).
+(a near-tie at the boundary) are recomputed by brute force. For the decoder's large levels, with
+the compiled kernel (``afov_ray.afi.fps_native``), each point only examines its FPS owner and the
+owner's 24 nearest centres, and a row is kept only with a triangle-inequality certificate; the
+others go to the tree. Other devices: chunked brute force with ``topk`` and the same tie rule. All
+paths give the same indices (tested).
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def knn_numpy(query: np.ndarray, ref: np.ndarray, k: int, chunk_elems: int = 1 <
     bad = np.flatnonzero((d[:, 1:] <= d[:, :-1]).any(1))
     if bad.size:
         ti[bad] = _rank_rows_np(d[bad], ti[bad], kk)
-        d[bad] = np.take_along_axis(_sq_dist_np(q[bad, None, :], r[ti[bad]]), np.arange(kk)[None], 1)
+        d[bad] = _sq_dist_np(q[bad, None, :], r[ti[bad]])
     out = ti[:, :k]
     if kk > k:
         # a point the tree did not return is at least as far as its last candidate; if that is
