@@ -87,7 +87,7 @@ def encode_stage(prev: Level, G: int, cfg: AFIConfig, dirs: torch.Tensor, first:
     pooled_w = official_normalize(w * (1.0 / (ell + 1e-8)))                       # (G, A)
     pooled = torch.einsum("ga,gac->gc", pooled_w, h)
     x_new = official_normalize(influence[:, None] * pooled + cfg.pool_self_weight * x_p[cidx]
-                               + x_nb.max(dim=1).values * cfg.pool_max_weight)
+                               + x_nb.amax(dim=1) * cfg.pool_max_weight)
     return Level(xyz=centres, x=x_new, centre_idx=cidx, knn_idx=nidx, bins=bins, counts=counts, w=w,
                  mu=mu, ell=ell, h=h, influence=influence, owner=owner)
 
