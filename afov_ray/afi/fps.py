@@ -28,6 +28,7 @@ Two implementations give bit-identical indices:
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -96,20 +97,28 @@ def fps_dense_numpy(xyz: np.ndarray, m: int, eps2: float = 1e-3) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=1)
+def _spread_lut() -> np.ndarray:
+    """10-bit integers with their bits spread to every third position (Morton interleaving)."""
+    v = np.arange(1024, dtype=np.uint32)
+    out = np.zeros(1024, dtype=np.uint32)
+    for b in range(10):
+        out |= ((v >> b) & 1) << (3 * b)
+    out.flags.writeable = False
+    return out
+
+
 def _morton_order(p: np.ndarray) -> np.ndarray:
-    """A deterministic locality-preserving order of the points (10-bit Morton code per axis)."""
-    lo = p.min(0).astype(np.float64)
-    span = float((p.max(0).astype(np.float64) - lo).max())
-    scale = 1023.0 / span if span > 0 else 0.0
-    g = np.clip(((p.astype(np.float64) - lo) * scale).astype(np.int64), 0, 1023).astype(np.uint64)
-
-    def spread(v: np.ndarray) -> np.ndarray:
-        v = (v | (v << np.uint64(16))) & np.uint64(0x30000FF)
-        v = (v | (v << np.uint64(8))) & np.uint64(0x300F00F)
-        v = (v | (v << np.uint64(4))) & np.uint64(0x30C30C3)
-        return (v | (v << np.uint64(2))) & np.uint64(0x9249249)
-
-    code = spread(g[:, 0]) | (spread(g[:, 1]) << np.uint64(1)) | (spread(g[:, 2]) << np.uint64(2))
+    """A locality-preserving order of the points (10-bit Morton code per axis). Any order gives
+    the same FPS result; this one only makes the blocks compact."""
+    pt = np.ascontiguousarray(p.T, dtype=np.float32)                 # (3, N): fast row reductions
+    lo = pt.min(1)
+    span = float((pt.max(1) - lo).max())
+    scale = np.float32(1023.0 / span) if span > 0 else np.float32(0.0)
+    g = ((pt - lo[:, None]) * scale).astype(np.int32)
+    np.clip(g, 0, 1023, out=g)
+    spread = _spread_lut()
+    code = spread[g[0]] | (spread[g[1]] << 1) | (spread[g[2]] << 2)
     return np.argsort(code, kind="stable")
 
 

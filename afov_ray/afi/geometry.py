@@ -86,3 +86,4 @@ def row_norm(v: torch.Tensor) -> torch.Tensor:
     """sqrt(x^2 + y^2 + z^2) over a last axis of size 3, summed left to right as the official code
     writes it (``torch.sqrt(v[..., 0]**2 + v[..., 1]**2 + v[..., 2]**2)``)."""
     return torch.sqrt(v[..., 0] * v[..., 0] + v[..., 1] * v[..., 1] + v[..., 2] * v[..., 2])
+
