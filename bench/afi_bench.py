@@ -118,9 +118,9 @@ def speed(device: str, repeats: int, official_repo: str | None, official_repeats
           threads: list[int]) -> None:
     scans = [load_nuscenes(DATA), load_semantickitti(DATA)]
     official = load_official(official_repo) if official_repo else None
-    from afov_ray.afi import fps_native
+    from afov_ray.afi import native
 
-    print(f"AFI speed on real scans: product on {device} ({dtype}, kernels: {fps_native.status()}), "
+    print(f"AFI speed on real scans: product on {device} ({dtype}, kernels: {native.status()}), "
           f"median of {repeats} runs"
           + (f"; official code (CPU, FPS stand-in) from {official_repo}, median of {official_repeats}"
              if official else ""))

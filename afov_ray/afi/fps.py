@@ -33,7 +33,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from afov_ray.afi import fps_native
+from afov_ray.afi import native
 
 _BLOCK = 256                 # points per block of the blocked CPU loop
 _BLOCKED_MIN_POINTS = 8192   # the blocked loop is used from this many points on (CPU)
@@ -205,11 +205,11 @@ def fps_blocked_numpy(xyz: np.ndarray, m: int, eps2: float = 1e-3, block: int = 
 
 def fps_blocked_native(xyz: np.ndarray, m: int, eps2: float = 1e-3, block: int = _BLOCK
                        ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The blocked loop in the compiled kernel (``afov_ray.afi.fps_native``): (indices (m,), owner
+    """The blocked loop in the compiled kernel (``afov_ray.afi.native``): (indices (m,), owner
     (N,)), or None when the kernel is unavailable. Same indices as ``fps_blocked_numpy``; owner[k]
     is the rank (0..m-1) of the centre that last lowered point k's distance, a near centre (the
     nearest up to float32 rounding; 0 for never-picked near-origin points)."""
-    lib = fps_native.load()
+    lib = native.load()
     if lib is None:
         return None
     p = np.asarray(xyz, dtype=np.float32)
@@ -217,7 +217,7 @@ def fps_blocked_native(xyz: np.ndarray, m: int, eps2: float = 1e-3, block: int =
     if m <= 1 or n == 0:
         return np.zeros(m, dtype=np.int64), np.zeros(n, dtype=np.int64)
     bl = _Blocks(p, block, eps2)
-    idx, own_slot = fps_native.fps(lib, bl.X, bl.Y, bl.Z, bl.T, bl.slot, np.ascontiguousarray(bl.lo),
+    idx, own_slot = native.fps(lib, bl.X, bl.Y, bl.Z, bl.T, bl.slot, np.ascontiguousarray(bl.lo),
                                    np.ascontiguousarray(bl.hi), bl.bmax, m, bl.slot0, cuda_threads(n), _MARGIN)
     owner = np.empty(n, dtype=np.int64)
     owner[bl.slot[:n]] = own_slot[:n]
@@ -257,6 +257,15 @@ def fps_dense_torch(xyz: torch.Tensor, m: int, eps2: float = 1e-3) -> torch.Tens
     return out
 
 
+def auto_method(device_type: str, n: int) -> str:
+    """The FPS implementation "auto" picks for a device type and point count."""
+    if device_type != "cpu":
+        return "dense_torch"
+    if native.load() is not None:
+        return "native"
+    return "blocked" if n >= _BLOCKED_MIN_POINTS else "dense_numpy"
+
+
 def furthest_point_sample(xyz: torch.Tensor, m: int, eps2: float = 1e-3, method: str = "auto",
                           with_owner: bool = False):
     """FPS indices (m,) long on xyz's device for one point set (N, 3), official semantics (module
@@ -267,12 +276,7 @@ def furthest_point_sample(xyz: torch.Tensor, m: int, eps2: float = 1e-3, method:
     (see ``fps_blocked_native``), or None from the other paths."""
     n = xyz.shape[0]
     if method == "auto":
-        if xyz.device.type != "cpu":
-            method = "dense_torch"
-        elif fps_native.load() is not None:
-            method = "native"
-        else:
-            method = "blocked" if n >= _BLOCKED_MIN_POINTS else "dense_numpy"
+        method = auto_method(xyz.device.type, n)
     owner = None
     if method == "dense_torch":
         idx_t = fps_dense_torch(xyz, m, eps2)
@@ -281,7 +285,7 @@ def furthest_point_sample(xyz: torch.Tensor, m: int, eps2: float = 1e-3, method:
     if method == "native":
         res = fps_blocked_native(p, m, eps2)
         if res is None:
-            raise RuntimeError(f"furthest_point_sample: compiled kernel unavailable ({fps_native.status()})")
+            raise RuntimeError(f"furthest_point_sample: compiled kernel unavailable ({native.status()})")
         idx, own = res
         owner = torch.from_numpy(own).to(xyz.device)
     elif method == "blocked":

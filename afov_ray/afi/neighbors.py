@@ -14,7 +14,7 @@ place. The neighbour order within the set only changes float summation order dow
 CPU: a scipy ``cKDTree`` (single-threaded) proposes k + 1 candidates; they are re-ranked with the
 exact formula, and rows where the tree's (k+1)-th candidate is not clearly farther than the k-th
 (a near-tie at the boundary) are recomputed by brute force. For the decoder's large levels, with
-the compiled kernel (``afov_ray.afi.fps_native``), each point only examines its FPS owner and the
+the compiled kernel (``afov_ray.afi.native``), each point only examines its FPS owner and the
 owner's 24 nearest centres, and a row is kept only with a triangle-inequality certificate; the
 others go to the tree. Other devices: chunked brute force with ``topk`` and the same tie rule. All
 paths give the same indices (tested).
@@ -131,9 +131,9 @@ def knn_owner_numpy(query: np.ndarray, ref: np.ndarray, k: int, owner: np.ndarra
     (compiled kernel ``afi_knn_owner``); the other rows go to ``knn_numpy``. Same result as
     ``knn_numpy``. None when the compiled kernel is unavailable, or for fewer than ``min_queries``
     queries (the tree is as fast there)."""
-    from afov_ray.afi import fps_native
+    from afov_ray.afi import native
 
-    lib = fps_native.load()
+    lib = native.load()
     g = ref.shape[0]
     mc = _OWNER_CANDIDATES
     if lib is None or g <= mc or k > 16 or query.shape[0] < min_queries:
@@ -148,11 +148,19 @@ def knn_owner_numpy(query: np.ndarray, ref: np.ndarray, k: int, owner: np.ndarra
     cand[:, 0] = np.arange(g)
     cand[:, 1:] = np.take_along_axis(rows, np.argsort(key, axis=1, kind="stable")[:, :mc - 1], 1)
     rm = np.sqrt(_sq_dist_np(r, r[cand[:, -1]]))
-    out, ok = fps_native.knn_owner(lib, q, r, np.asarray(owner, np.int64), cand, rm, k, 1e-9)
+    out, ok = native.knn_owner(lib, q, r, np.asarray(owner, np.int64), cand, rm, k, 1e-9)
     bad = np.flatnonzero(~ok)
     if bad.size:
         out[bad] = knn_numpy(q[bad], r, k, chunk_elems)
     return out
+
+
+def auto_method(device_type: str, has_owner: bool) -> str:
+    """The kNN implementation "auto" picks: brute force off the CPU, else the owner path when
+    owners are given (it falls back to the tree by itself), else the tree."""
+    if device_type != "cpu":
+        return "brute"
+    return "owner" if has_owner else "tree"
 
 
 def knn(query: torch.Tensor, ref: torch.Tensor, k: int, chunk_elems: int = 1 << 22,
@@ -165,7 +173,7 @@ def knn(query: torch.Tensor, ref: torch.Tensor, k: int, chunk_elems: int = 1 << 
     if k > n:
         raise ValueError(f"knn: k = {k} > {n} reference points")
     if method == "auto":
-        method = "brute" if query.device.type != "cpu" else ("owner" if owner is not None else "tree")
+        method = auto_method(query.device.type, owner is not None)
     if method == "brute":
         return knn_torch(query, ref, k, chunk_elems)
     q = query.detach().cpu().double().numpy()

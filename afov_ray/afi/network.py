@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from afov_ray.afi import fps_native
+from afov_ray.afi import native
 from afov_ray.afi.config import AFIConfig
 from afov_ray.afi.fps import furthest_point_sample
 from afov_ray.afi.geometry import official_normalize, row_norm
@@ -121,6 +121,19 @@ def relevance(u: torch.Tensor, dist: torch.Tensor, prev: Level, cidx: torch.Tens
     return mass_c * mass_j * tight
 
 
+def line_mass_auto(device_type: str) -> str:
+    """The line-mass implementation "auto" picks: torch off the CPU, else the compiled kernel when
+    available, else numpy."""
+    if device_type != "cpu":
+        return "torch"
+    return "native" if native.load() is not None else "numpy"
+
+
+def interpolate_auto(device_type: str) -> str:
+    """The interpolation "auto" picks: scipy's CSR product on the CPU, the torch slot loop elsewhere."""
+    return "sparse" if device_type == "cpu" else "loop"
+
+
 def line_mass(u: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, mh: torch.Tensor, gamma: float,
               method: str = "auto") -> torch.Tensor:
     """lambda_qi = sum_a w_{c,a} [|<mh_{c,a}, u_qi>| > gamma] for c = idx_qi, shape idx.shape.
@@ -133,7 +146,7 @@ def line_mass(u: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, mh: torch.Ten
     available, else numpy; other devices: torch), "native", "numpy" (bin-major blocks, summed along
     the first axis), "torch"."""
     if method == "auto":
-        method = "numpy" if u.device.type != "cpu" else ("native" if fps_native.load() else "numpy")
+        method = line_mass_auto(u.device.type)
     if method == "native":
         return torch.from_numpy(_line_mass_native(u.numpy(), idx.numpy(), w.numpy(), mh.numpy(), gamma))
     if method == "numpy":
@@ -148,7 +161,7 @@ def _line_mass_native(u: np.ndarray, idx: np.ndarray, w: np.ndarray, mh: np.ndar
     keep = w > 0
     order_a = np.argsort(~keep, axis=1, kind="stable")            # non-empty bins first, in order
     mc = np.take_along_axis(mh, order_a[..., None], 1)
-    lam = fps_native.line_mass(fps_native.load(), u.reshape(-1, 3), idx.reshape(-1), keep.sum(1),
+    lam = native.line_mass(native.load(), u.reshape(-1, 3), idx.reshape(-1), keep.sum(1),
                                mc[..., 0], mc[..., 1], mc[..., 2], np.take_along_axis(w, order_a, 1), gamma)
     return lam.reshape(idx.shape)
 
@@ -228,7 +241,7 @@ def interpolate(z_sparse: torch.Tensor, idx: torch.Tensor, pi: torch.Tensor,
     each row's entries in the stored order), "loop" (torch, slot by slot). Same values."""
     nd, K = idx.shape
     if method == "auto":
-        method = "sparse" if z_sparse.device.type == "cpu" else "loop"
+        method = interpolate_auto(z_sparse.device.type)
     if method == "sparse":
         from scipy.sparse import csr_matrix
 

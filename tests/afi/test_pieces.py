@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from afov_ray.afi import (AFIConfig, afi_refine, afi_refine_batch, afi_trace, assist_probability,
-                          decoder_kappas, fibonacci_directions, fps_native, furthest_point_sample, knn,
+                          decoder_kappas, fibonacci_directions, native, furthest_point_sample, knn,
                           level_sizes, near_ego_ground, network)
 from afov_ray.afi.fps import (cuda_threads, fps_blocked_native, fps_blocked_numpy, fps_dense_numpy,
                               fps_dense_torch)
@@ -66,8 +66,8 @@ def _fps_all(p: np.ndarray, m: int) -> list[np.ndarray]:
             fps_dense_torch(torch.from_numpy(p), m).numpy(),
             furthest_point_sample(torch.from_numpy(p), m).numpy()]
     if _native_expected():
-        assert fps_native.status() == "native", fps_native.status()
-    if fps_native.load() is not None:
+        assert native.status() == "native", native.status()
+    if native.load() is not None:
         runs += [fps_blocked_native(p, m, block=32)[0], fps_blocked_native(p, m)[0]]
     return runs
 
@@ -136,8 +136,8 @@ def test_knn_exact_order_ties_and_paths():
 def test_knn_owner_path_equals_tree():
     """The decoder's owner-certificate kNN (compiled kernel) gives exactly the tree's neighbours,
     with the FPS kernel's owners, with wrong owners (every row falls back) and with exact ties."""
-    if fps_native.load() is None:
-        assert not _native_expected(), fps_native.status()
+    if native.load() is None:
+        assert not _native_expected(), native.status()
         pytest.skip("no compiled kernel (no C compiler or AFOV_AFI_NATIVE=0): the owner path is unused")
     g = np.random.default_rng(5)
     pts = np.concatenate([g.normal(size=(4000, 3)) * [20, 20, 2],
@@ -207,7 +207,7 @@ def test_line_mass_and_interpolation_paths_agree():
     full = (w[idx] * ((mh[idx] * u[:, :, None, :]).sum(-1).abs() > 0.995)).sum(-1)   # all 20 bins
     torch.testing.assert_close(a, b, rtol=1e-15, atol=0)
     torch.testing.assert_close(a, full, rtol=1e-15, atol=0)
-    if fps_native.load() is not None:                             # same terms, same order: bitwise
+    if native.load() is not None:                             # same terms, same order: bitwise
         for dt in (torch.float64, torch.float32):
             args = (u.to(dt), idx, w.to(dt), mh.to(dt), 0.995)
             assert torch.equal(line_mass(*args, method="native"), line_mass(*args, method="numpy"))
@@ -235,6 +235,21 @@ def test_device_agnostic_path_equals_cpu_fast_path(monkeypatch):
         assert torch.equal(fast.levels[s].knn_idx, slow.levels[s].knn_idx)
     torch.testing.assert_close(fast.z0, slow.z0, rtol=1e-12, atol=1e-15)
     assert torch.equal(fast.labels, slow.labels)
+
+
+def test_other_devices_take_the_torch_paths():
+    """What "auto" runs on a non-CPU device (a CUDA GPU): only torch code, no numpy / scipy / C."""
+    from afov_ray.afi import fps as fps_module
+    from afov_ray.afi import neighbors
+
+    for dev in ("cuda", "mps"):
+        assert fps_module.auto_method(dev, 100_000) == "dense_torch"
+        assert neighbors.auto_method(dev, True) == "brute"
+        assert network.line_mass_auto(dev) == "torch"
+        assert network.interpolate_auto(dev) == "loop"
+    assert neighbors.auto_method("cpu", False) == "tree"
+    assert network.interpolate_auto("cpu") == "sparse"
+    assert network.line_mass_auto("cpu") in ("native", "numpy")
 
 
 def test_cpu_calls_run_single_threaded_and_restore():

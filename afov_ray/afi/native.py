@@ -262,7 +262,7 @@ def fps(lib, X: np.ndarray, Y: np.ndarray, Z: np.ndarray, T: np.ndarray, slot: n
     arrays = [X, Y, Z, T, slot, lo, hi, bmax]
     for a, dt in zip(arrays, [np.float32] * 4 + [np.int64, np.float64, np.float64, np.float32]):
         if a.dtype != dt or not a.flags.c_contiguous:
-            raise TypeError("fps_native.fps: bad array layout")
+            raise TypeError("native.fps: bad array layout")
     lib.afi_fps_blocked(*[a.ctypes.data for a in arrays], nb, B, m, slot0, threads, margin,
                         out.ctypes.data, own.ctypes.data)
     return out, own
@@ -281,7 +281,7 @@ def knn_owner(lib, q: np.ndarray, r: np.ndarray, owner: np.ndarray, cand: np.nda
     rc = lib.afi_knn_owner(*[a.ctypes.data for a in arrays], n, cand.shape[1], k, rel,
                            out.ctypes.data, ok.ctypes.data)
     if rc != 0:
-        raise ValueError("fps_native.knn_owner: k too large")
+        raise ValueError("native.knn_owner: k too large")
     return out, ok.astype(bool)
 
 
