@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from afov_ray.storage.atomic import atomic_write_bytes
+
 _SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
@@ -207,7 +209,7 @@ def _build(target: Path) -> None:
         lib = Path(tmp) / target.name
         subprocess.run([cc, "-O2", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
                         "-o", str(lib), str(src), "-lm"], check=True, capture_output=True, timeout=120)
-        os.replace(lib, target)            # atomic: concurrent builders never see a partial file
+        atomic_write_bytes(str(target), lib.read_bytes())   # concurrent builders never see a partial file
 
 
 def load():
