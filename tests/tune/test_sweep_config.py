@@ -98,12 +98,9 @@ def test_data_fingerprint_and_teacher_lineage(tmp_path):
     d = tmp_path / "pairing"
     d.mkdir()
     (d / "scene-1.parquet").write_bytes(b"x" * 10)
-    (d / "_stats.json").write_text('{"coverage": 0.5}')
     fp = data_fingerprint(str(d))
-    blob = json.dumps({"shards": [["scene-1.parquet", 10]],
-                       "_stats.json": hashlib.sha256(b'{"coverage": 0.5}').hexdigest()}, sort_keys=True).encode()
-    assert fp == {"data.uri": str(d), "data.sha256": hashlib.sha256(blob).hexdigest(),
-                  "data.sha256_of": "listing+_stats.json"}
+    blob = json.dumps({"shards": [["scene-1.parquet", 10]]}, sort_keys=True).encode()
+    assert fp == {"data.uri": str(d), "data.sha256": hashlib.sha256(blob).hexdigest(), "data.sha256_of": "listing"}
     (d / "scene-1.parquet").write_bytes(b"x" * 11)
     assert data_fingerprint(str(d))["data.sha256"] != fp["data.sha256"]
     (d / "_manifest.json").write_text('{"m": 1}')
