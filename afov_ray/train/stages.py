@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from afov_ray.train.data import IngestConfig, collate
+from afov_ray.train.data import IngestConfig, torch_batches
 from afov_ray.train.runner import Stage, allreduce_
 
 
@@ -114,8 +114,8 @@ class TMPStage(Stage):
         return self._text[0].to(device), self._text[1].to(device)
 
     def batches(self, shard, batch_size, epoch):
-        for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
-            yield collate(b, with_pairings=True, stride=self.ingest.stride)
+        yield from torch_batches(shard, batch_size, with_pairings=True, stride=self.ingest.stride,
+                                 prefetch_batches=self.ingest.prefetch_batches)
 
     def loss(self, model, batch, device):
         from afov_ray.losses import join_superpixel_features, superpoint_pooling, tmp_loss
@@ -166,8 +166,7 @@ class SegStage(Stage):
         return _init_state(self.model_cfg)
 
     def batches(self, shard, batch_size, epoch):
-        for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
-            yield collate(b)
+        yield from torch_batches(shard, batch_size, prefetch_batches=self.ingest.prefetch_batches)
 
     def loss(self, model, batch, device):
         from afov_ray.losses import ce_lovasz_loss
@@ -194,8 +193,7 @@ def validate_segmentation(model, shard, device, num_classes: int, suppress_class
     from afov_ray.eval.metrics import confusion_matrix, iou_per_class
 
     H = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    for b in shard.iter_batches(batch_size=1, batch_format="numpy"):
-        batch = collate(b)
+    for batch in torch_batches(shard, 1, drop_last=False):
         if batch["point_labels"].numel() == 0:
             continue
         pred = predict_points(model, batch, device, suppress_class0)
