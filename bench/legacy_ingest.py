@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from afov_ray.geometry.pairing import OFFICIAL_STRIDE
-from afov_ray.train.data import IngestConfig, _rng_for, augment_points  # unchanged by issue 22
+from afov_ray.train.data import IngestConfig, _rng_for  # _rng_for unchanged by issue 22
 
 NUM_CAMERAS = 6
 LEGACY_COLUMNS = None  # every column was read
@@ -31,6 +31,19 @@ def _load_reference_voxelize():
 
 
 voxelize = _load_reference_voxelize().voxelize
+
+
+def augment_points(xyz: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rotation by a uniform angle in [0, 2pi) about z, then negate x (p=.5), then y (p=.5) (5.1)."""
+    a = rng.uniform(0.0, 2.0 * np.pi)
+    c, s = np.cos(a), np.sin(a)
+    out = xyz.copy()
+    out[:, 0], out[:, 1] = c * xyz[:, 0] - s * xyz[:, 1], s * xyz[:, 0] + c * xyz[:, 1]
+    if rng.random() < 0.5:
+        out[:, 0] = -out[:, 0]
+    if rng.random() < 0.5:
+        out[:, 1] = -out[:, 1]
+    return out
 
 
 def prepare_row(row: dict, cfg: IngestConfig, nonce: int = 0) -> dict:

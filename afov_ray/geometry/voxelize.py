@@ -155,15 +155,16 @@ def unique_first_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     start = np.empty(n, dtype=bool)
     start[0] = True
     np.not_equal(sk[1:], sk[:-1], out=start[1:])
-    first = order[start]                       # first point of each value, in key order (stable sort)
-    group = np.empty(n, dtype=np.int64)
-    group[order] = np.cumsum(start) - 1        # key-order group of every point
+    starts = np.flatnonzero(start)             # run of each distinct value in the sorted keys
+    first = order[starts]                      # its first point (the sort is stable)
     is_first = np.zeros(n, dtype=bool)
     is_first[first] = True
     indexes = np.flatnonzero(is_first)         # first points ascending = voxel order
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[group[indexes]] = np.arange(len(first))
-    return indexes, rank[group]
+    slot = np.empty(n, dtype=np.int64)
+    slot[indexes] = np.arange(len(indexes))
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.repeat(slot[first], np.diff(starts, append=n))
+    return indexes, inverse
 
 
 def unique_first(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,25 +176,36 @@ def unique_first(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(idx), torch.from_numpy(inv)
 
 
-def _majority(labels: np.ndarray, inverse: np.ndarray, n_vox: int, ignore_label: int) -> np.ndarray:
-    labels = np.asarray(labels).astype(np.int64, copy=False)
-    keep = labels != ignore_label
-    out = np.full(n_vox, ignore_label, dtype=np.int64)
-    if not keep.any():
-        return out
-    lab, vox = labels[keep], np.asarray(inverse)[keep]
-    if int(lab.min()) < 0:
-        raise ValueError("labels: negative labels are not supported")
-    n_lab = int(lab.max()) + 1
-    # score = count * n_lab + (n_lab - 1 - label): the per-voxel maximum is the most frequent label,
-    # the smallest one on ties; a score below n_lab means no kept point
-    score = np.bincount(lab * n_vox + vox, minlength=n_vox * n_lab).reshape(n_lab, n_vox)
+def _vote(labels: np.ndarray, inverse: np.ndarray, n_vox: int, n_lab: int, ignore_label: int) -> np.ndarray:
+    """Majority of labels in [0, n_lab) per voxel (``ignore_label`` not counted), ignore_label if none."""
+    # score = count * n_lab + (n_lab - 1 - label): its per-voxel maximum is the most frequent label, the
+    # smallest one on ties; a score below n_lab means no counted point (int32 while it cannot overflow)
+    dt = np.int32 if (len(labels) + 1) * n_lab < 2**31 else np.int64
+    score = np.bincount(labels * n_vox + inverse, minlength=n_vox * n_lab).reshape(n_lab, n_vox).astype(dt)
+    if 0 <= ignore_label < n_lab:
+        score[ignore_label] = 0
     score *= n_lab
-    score += (n_lab - 1 - np.arange(n_lab))[:, None]
+    score += (n_lab - 1 - np.arange(n_lab, dtype=dt))[:, None]
     best = score.max(axis=0)
+    out = np.full(n_vox, ignore_label, dtype=np.int64)
     has = best >= n_lab
     out[has] = n_lab - 1 - best[has] % n_lab
     return out
+
+
+def _majority(labels: np.ndarray, inverse: np.ndarray, n_vox: int, ignore_label: int) -> np.ndarray:
+    labels = np.asarray(labels).astype(np.int64, copy=False)
+    inverse = np.asarray(inverse)
+    if ignore_label == 0 and len(labels) and labels.min() >= 0:
+        # every label is a row of the vote table; the ignore row is cleared (no filtering pass)
+        return _vote(labels, inverse, n_vox, int(labels.max()) + 1, ignore_label)
+    keep = labels != ignore_label
+    if not keep.any():
+        return np.full(n_vox, ignore_label, dtype=np.int64)
+    lab, vox = labels[keep], inverse[keep]
+    if int(lab.min()) < 0:
+        raise ValueError("labels: negative labels are not supported")
+    return _vote(lab, vox, n_vox, int(lab.max()) + 1, ignore_label)
 
 
 def majority_labels(labels: torch.Tensor, inverse: torch.Tensor, n_vox: int, ignore_label: int = 0) -> torch.Tensor:

@@ -29,17 +29,20 @@ from afov_ray.train.arrow_lists import ListView, list_array, list_view
 
 NUM_CAMERAS = 6
 
-# pairing-shard columns each ingest reads (afov_ray.geometry.pair_pass.pairing_schema)
-SCAN_COLUMNS = ("sample_token", "num_points", "points", "labels", "pseudo")
+# pairing-shard columns the ingests read (afov_ray.geometry.pair_pass.pairing_schema): the scan, the
+# column of its target (pseudo-labels or ground truth), and for TMP the pairings and superpixels
+SCAN_COLUMNS = ("sample_token", "num_points", "points")
+TARGET_COLUMNS = {"pseudo": "pseudo", "gt": "labels"}
 PAIRING_COLUMNS = ("pair_point", "pair_superpixel", "sp_id", "sp_text", "sp_feat", "feat_dim")
 # prepared-sample list columns and the dtype collate gives each
 _LIST_DTYPES = {"coords": np.int32, "feats": np.float32, "inverse": np.int64, "target": np.int64,
                 "point_labels": np.int64, "pseudo": np.int64}
 _PAIRING_DTYPES = {"pair_voxel": np.int64, "pair_superpixel": np.int64, "sp_id": np.int64, "sp_text": np.int64,
                    "sp_feat": np.float32}
-# value dtypes of the prepared blocks (what the pairing shards store, collate widens them)
-_SAMPLE_VALUE_TYPES = {"coords": np.int32, "feats": np.float32, "inverse": np.int64, "target": np.int64,
-                       "point_labels": np.uint8, "pseudo": np.uint8, "pair_voxel": np.int64,
+# value dtypes of the prepared blocks (the shard's for copied fields; targets are uint8 labels as stored;
+# point indices fit int32); collate widens them
+_SAMPLE_VALUE_TYPES = {"coords": np.int32, "feats": np.float32, "inverse": np.int32, "target": np.uint8,
+                       "point_labels": np.uint8, "pseudo": np.uint8, "pair_voxel": np.int32,
                        "pair_superpixel": np.int32, "sp_id": np.int32, "sp_text": np.int32, "sp_feat": np.float16}
 
 
@@ -59,16 +62,19 @@ class IngestConfig:
         "help": "training batches Ray Data prepares ahead of the one being trained on"})
 
 
-def augment_points(xyz: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Rotation by a uniform angle in [0, 2pi) about z, then negate x (p=.5), then y (p=.5) (5.1)."""
+def augment_points(xyz: np.ndarray, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
+    """Rotation by a uniform angle in [0, 2pi) about z, then negate x (p=.5), then y (p=.5) (5.1).
+
+    ``out``: an (N, 3) array (not overlapping ``xyz``) that receives the result; default a new one."""
     a = rng.uniform(0.0, 2.0 * np.pi)
     c, s = np.cos(a), np.sin(a)
-    out = xyz.copy()
-    out[:, 0], out[:, 1] = c * xyz[:, 0] - s * xyz[:, 1], s * xyz[:, 0] + c * xyz[:, 1]
+    out = np.empty_like(xyz) if out is None else out
+    x, y = xyz[:, 0], xyz[:, 1]
+    out[:, 0], out[:, 1], out[:, 2] = c * x - s * y, s * x + c * y, xyz[:, 2]
     if rng.random() < 0.5:
-        out[:, 0] = -out[:, 0]
+        np.negative(out[:, 0], out=out[:, 0])
     if rng.random() < 0.5:
-        out[:, 1] = -out[:, 1]
+        np.negative(out[:, 1], out=out[:, 1])
     return out
 
 
@@ -78,8 +84,13 @@ def _rng_for(cfg: IngestConfig, token: str, nonce: int) -> np.random.Generator:
 
 
 def ingest_columns(cfg: IngestConfig) -> list[str]:
-    """The pairing-shard columns the ingest of ``cfg`` reads: pairings and superpixel features for TMP only."""
-    return list(SCAN_COLUMNS) + (list(PAIRING_COLUMNS) if cfg.with_pairings else [])
+    """The pairing-shard columns the ingest of ``cfg`` reads: the scan, its target's column (``pseudo`` or
+    ``labels``) and, for TMP only, the pairings and superpixel features. A batch's ``point_labels`` /
+    ``pseudo`` are empty when their column is not read (training on pseudo-labels reads no ground truth,
+    fine-tuning and validation no pseudo-labels)."""
+    if cfg.target not in TARGET_COLUMNS:
+        raise ValueError(f"ingest.target: expected one of {sorted(TARGET_COLUMNS)}, got {cfg.target!r}")
+    return [*SCAN_COLUMNS, TARGET_COLUMNS[cfg.target], *(PAIRING_COLUMNS if cfg.with_pairings else ())]
 
 
 def _array(x, dtype=None) -> np.ndarray:
@@ -94,8 +105,9 @@ def _voxel_sample(row: dict, cfg: IngestConfig, nonce: int) -> dict:
     n = int(row["num_points"])
     pts = np.asarray(row["points"], dtype=np.float32).reshape(n, 4)
     if cfg.augment:
-        pts = pts.copy()
-        pts[:, :3] = augment_points(pts[:, :3], _rng_for(cfg, str(row["sample_token"]), nonce))
+        src, pts = pts, np.empty((n, 4), dtype=np.float32)
+        pts[:, 3] = src[:, 3]
+        augment_points(src[:, :3], _rng_for(cfg, str(row["sample_token"]), nonce), out=pts[:, :3])
     elif not pts.flags.writeable:
         pts = pts.copy()  # torch refuses read-only memory (an Arrow buffer)
     gt = row.get("labels")
@@ -114,7 +126,7 @@ def prepare_row(row: dict, cfg: IngestConfig, nonce: int = 0) -> dict:
     Fields copied from the shard keep their stored dtype (``collate`` widens them)."""
     gt = row.get("labels")
     out = {"sample_token": str(row["sample_token"]), **_voxel_sample(row, cfg, nonce),
-           "point_labels": _array(None if gt is None or len(gt) == 0 else gt), "pseudo": _array(row["pseudo"])}
+           "point_labels": _array(None if gt is None or len(gt) == 0 else gt), "pseudo": _array(row.get("pseudo"))}
     if cfg.with_pairings:
         pp = _array(row["pair_point"])
         out["pair_voxel"] = out["inverse"][pp]
