@@ -93,9 +93,11 @@ def ingest_columns(cfg: IngestConfig) -> list[str]:
     return [*SCAN_COLUMNS, TARGET_COLUMNS[cfg.target], *(PAIRING_COLUMNS if cfg.with_pairings else ())]
 
 
-def _array(x, dtype=None) -> np.ndarray:
-    """A numpy array (a view where possible) of a row field: numpy view, list, or None -> empty."""
-    return np.zeros(0, dtype=dtype or np.int64) if x is None else np.asarray(x, dtype=dtype)
+def _array(x) -> np.ndarray:
+    """An integer row field as numpy: an array as it is (a view), a list as int64, None as empty."""
+    if isinstance(x, np.ndarray):
+        return x
+    return np.asarray([] if x is None else x, dtype=np.int64)
 
 
 def _voxel_sample(row: dict, cfg: IngestConfig, nonce: int) -> dict:
