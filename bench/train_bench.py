@@ -11,13 +11,38 @@ shards (run the demo first) and prints, per fit: scans/s per worker over the epo
 reported by the training loop (time blocked on the Ray Data iterator / epoch time). Fits after the first
 also print their speed ratio against the first (the baseline), run in the same process.
 Device: CPU here unless --gpu is given.
+
+``--baseline-rev REV`` first runs this benchmark as it was at git revision REV (the code of that revision,
+from ``git archive``, in a subprocess with the same arguments) on the same shards, so the data-wait
+fraction and scans/s before and after a change are measured in one invocation on the same machine, e.g.
+``--baseline-rev e52e765`` (the ingest before issue 22).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
+
+
+def run_baseline(rev: str, argv: list[str]) -> None:
+    """Run bench/train_bench.py of git revision ``rev`` (its own code) with ``argv``, output prefixed."""
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as td:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", td], input=archive, check=True)
+        env = {**os.environ, "PYTHONPATH": td}
+        abs_argv = [str(Path(a).absolute()) if os.path.exists(a) else a for a in argv]
+        proc = subprocess.run([sys.executable, os.path.join(td, "bench", "train_bench.py"), *abs_argv], cwd=td,
+                              env=env, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        print(f"[baseline {rev}] {line}", flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"baseline run at {rev} failed:\n{proc.stderr[-3000:]}")
 
 
 def main() -> None:
@@ -34,9 +59,17 @@ def main() -> None:
     ap.add_argument("--voxel-size", type=float, default=0.1)
     ap.add_argument("--threads", default="none", help="comma-separated scale.torch_threads values; first = baseline")
     ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--baseline-rev", default=None, help="also run this benchmark at that git revision first")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import tempfile
+    if args.baseline_rev:
+        argv, skip = [], False
+        for a in sys.argv[1:]:
+            if skip or a.startswith("--baseline-rev"):
+                skip = a == "--baseline-rev"
+                continue
+            argv.append(a)
+        run_baseline(args.baseline_rev, argv)
 
     from afov_ray.config import load_config
     from afov_ray.train.jobs import TrainJob, run_train_job
