@@ -10,8 +10,8 @@ into one batch with a batch column in the voxel coordinates and offsets for ever
 (points -> voxels, pairings -> voxels, superpixel ids made global per batch as
 ``(b * num_cameras + camera) * stride + mask``, the official image numbering b*6+i).
 
-Arrow and numpy end to end: only the columns a stage uses are read (``ingest_columns``: pairings and
-superpixel features only for TMP), list columns are numpy views of the Arrow buffers
+Arrow and numpy end to end: only the columns a stage uses are read (``ingest_columns``: the target's
+column, and pairings and superpixel features only for TMP), list columns are numpy views of the Arrow buffers
 (``afov_ray.train.arrow_lists``), prepared blocks are Arrow list columns, and ``collate`` concatenates a
 batch's rows with whole-column numpy operations (``torch_batches`` runs it in Ray Data's prefetch threads).
 """
@@ -100,6 +100,12 @@ def _array(x) -> np.ndarray:
     return np.asarray([] if x is None else x, dtype=np.int64)
 
 
+def _ground_truth(row: dict) -> np.ndarray | None:
+    """The row's per-point ground truth, None when it has none (null, empty or not read)."""
+    gt = row.get("labels")
+    return None if gt is None or len(gt) == 0 else _array(gt)
+
+
 def _voxel_sample(row: dict, cfg: IngestConfig, nonce: int) -> dict:
     """Augmented, voxelised scan of a row: coords, feats, num_voxels, inverse, target."""
     from afov_ray.geometry.voxelize import voxelize
@@ -112,9 +118,7 @@ def _voxel_sample(row: dict, cfg: IngestConfig, nonce: int) -> dict:
         augment_points(src[:, :3], _rng_for(cfg, str(row["sample_token"]), nonce), out=pts[:, :3])
     elif not pts.flags.writeable:
         pts = pts.copy()  # torch refuses read-only memory (an Arrow buffer)
-    gt = row.get("labels")
-    gt = None if gt is None or len(gt) == 0 else np.asarray(gt)
-    target = np.asarray(row["pseudo"]) if cfg.target == "pseudo" else gt
+    target = _array(row["pseudo"]) if cfg.target == "pseudo" else _ground_truth(row)
     vox = voxelize(torch.from_numpy(pts), target, grid=cfg.grid, voxel_size=cfg.voxel_size,
                    label_mode=cfg.label_mode)
     return {"coords": vox.coords.numpy().ravel(), "feats": vox.feats.numpy().ravel(),
@@ -126,9 +130,8 @@ def prepare_row(row: dict, cfg: IngestConfig, nonce: int = 0) -> dict:
     """One pairing-shard row (numpy views, or lists as ``to_pylist`` gives) -> voxelised sample (numpy).
 
     Fields copied from the shard keep their stored dtype (``collate`` widens them)."""
-    gt = row.get("labels")
     out = {"sample_token": str(row["sample_token"]), **_voxel_sample(row, cfg, nonce),
-           "point_labels": _array(None if gt is None or len(gt) == 0 else gt), "pseudo": _array(row.get("pseudo"))}
+           "point_labels": _array(_ground_truth(row)), "pseudo": _array(row.get("pseudo"))}
     if cfg.with_pairings:
         pp = _array(row["pair_point"])
         out["pair_voxel"] = out["inverse"][pp]
