@@ -67,11 +67,23 @@ def list_view(column) -> ListView:
     raise TypeError(f"expected a list or binary column, got {t}")
 
 
+def _as_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``values`` as ``dtype``; integers that do not fit raise ValueError instead of wrapping."""
+    if values.dtype == dtype:
+        return values
+    if dtype.kind in "iu" and values.dtype.kind in "iu" and values.size:
+        info, lo, hi = np.iinfo(dtype), values.min(), values.max()
+        if lo < info.min or hi > info.max:
+            raise ValueError(f"values in [{lo}, {hi}] do not fit {dtype}")
+    return values.astype(dtype)
+
+
 def list_array(parts: Sequence[np.ndarray], dtype):
     """A pyarrow list column of ``dtype`` values with one row per (flat) numpy array; large_list beyond
-    int32 offsets. Values of another dtype are converted (a value that does not fit raises)."""
+    int32 offsets. Values of another dtype are converted (an integer that does not fit raises)."""
     import pyarrow as pa
 
+    dtype = np.dtype(dtype)
     lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
     offsets = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -79,7 +91,7 @@ def list_array(parts: Sequence[np.ndarray], dtype):
         values = parts[0]
     else:
         values = np.concatenate(parts) if parts else np.zeros(0, dtype)
-    values = pa.array(values, type=pa.from_numpy_dtype(np.dtype(dtype)))
+    values = pa.array(_as_dtype(values, dtype))
     if offsets[-1] > _INT32_MAX:
         return pa.LargeListArray.from_arrays(pa.array(offsets), values)
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)

@@ -191,7 +191,7 @@ def test_list_view_slices_nulls_and_chunks():
     assert b.row(0) is None and bytes(b.row(1)) == b"cde"
     built = list_array([np.arange(3, dtype=np.int64), np.zeros(0, np.int64)], np.uint8)
     assert built.type == pa.list_(pa.uint8()) and built.to_pylist() == [[0, 1, 2], []]
-    with pytest.raises(pa.ArrowInvalid):
-        list_array([np.array([300])], np.uint8)  # a value that does not fit is refused, not wrapped
+    with pytest.raises(ValueError, match=r"\[-1, 300\] do not fit uint8"):
+        list_array([np.array([300, -1])], np.uint8)  # a value that does not fit is refused, not wrapped
     with pytest.raises(TypeError, match="list or binary"):
         list_view(pa.array([1, 2]))
