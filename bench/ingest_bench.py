@@ -13,7 +13,8 @@ numpy, Arrow), median over ``--repeats`` rounds, each a pass over the 5 keyframe
 ``scan_dataset``'s map_batches and a 2-scan training step) of every stage of both implementations in turn:
   read       Parquet -> Arrow of the columns the ingest reads (baseline: every column);
   voxelise   prepare_batch of the annotation-free ingest (augment, voxelise, majority targets, Arrow out);
-  pairings   prepare_batch(TMP) - prepare_batch(annotation-free): pairings re-indexed to voxels, superpixels;
+  pairings   prepare_batch(TMP) - prepare_batch(annotation-free) on the same rows (median of the per-round
+             difference): pairings re-indexed to voxels, superpixel ids, texts and features;
   collate    prepared Arrow batch -> tensors (baseline: Ray's numpy batch format + per-row collate).
 annotation-free = read + voxelise + collate; TMP = read + voxelise + pairings + collate (its own read).
 Baseline = bench/legacy_ingest.py (the ingest of commit e52e765). Cores per GPU worker = CPU ms per
@@ -77,9 +78,9 @@ def write_shard(folder: str, name: str, scans, labels) -> str:
     return path
 
 
-def _median_ms(fns: dict, repeats: int, per: int) -> dict:
-    """{name: median ms per item} of each function's process CPU time (time.process_time: the machine's
-    other load does not count), over ``repeats`` rounds that run every function once, interleaved."""
+def _cpu_ms(fns: dict, repeats: int, per: int) -> dict:
+    """{name: [ms per item of each round]}: each function's process CPU time (time.process_time: the
+    machine's other load does not count) in ``repeats`` rounds that run every function once, interleaved."""
     for fn in fns.values():
         fn()  # warm-up
     ts: dict = {k: [] for k in fns}
@@ -87,8 +88,8 @@ def _median_ms(fns: dict, repeats: int, per: int) -> dict:
         for k, fn in fns.items():
             t0 = time.process_time()
             fn()
-            ts[k].append(time.process_time() - t0)
-    return {k: statistics.median(v) * 1e3 / per for k, v in ts.items()}
+            ts[k].append((time.process_time() - t0) * 1e3 / per)
+    return ts
 
 
 class Impl:
@@ -153,11 +154,15 @@ def bench_set(label: str, path: str, impls: list[Impl], cfgs: dict, repeats: int
         fns[(im.name, "voxelise")] = lambda im=im, s=slices: [im.prepare(b, af) for b in s["annotation-free"]]
         fns[(im.name, "prep_af_on_tmp")] = lambda im=im, s=slices: [im.prepare(b, af) for b in s["TMP"]]
         fns[(im.name, "prep_tmp")] = lambda im=im, s=slices: [im.prepare(b, tmp) for b in s["TMP"]]
-    for (name, stage), ms in _median_ms(fns, repeats, n).items():
-        res[name][stage] = ms
+    rounds = _cpu_ms(fns, repeats, n)
+    for (name, stage), ms in rounds.items():
+        res[name][stage] = statistics.median(ms)
     for im in impls:
         r = res[im.name]
-        r["pairings"] = max(r.pop("prep_tmp") - r.pop("prep_af_on_tmp"), 0.0)
+        # median over rounds of the paired difference (both ran in the same round)
+        r["pairings"] = max(statistics.median(
+            [a - b for a, b in zip(rounds[(im.name, "prep_tmp")], rounds[(im.name, "prep_af_on_tmp")])]), 0.0)
+        del r["prep_tmp"], r["prep_af_on_tmp"]
         r["annotation-free"] = r["read_annotation-free"] + r["voxelise"] + r["collate_annotation-free"]
         r["TMP"] = r["read_TMP"] + r["voxelise"] + r["pairings"] + r["collate_TMP"]
     return res

@@ -177,12 +177,16 @@ def unique_first(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _vote(labels: np.ndarray, inverse: np.ndarray, n_vox: int, n_lab: int, ignore_label: int) -> np.ndarray:
     """Majority of labels in [0, n_lab) per voxel (``ignore_label`` not counted), ignore_label if none."""
-    counts = np.bincount(labels * n_vox + inverse, minlength=n_vox * n_lab).reshape(n_lab, n_vox)
+    # score = count * n_lab + (n_lab - 1 - label): its per-voxel maximum is the most frequent label, the
+    # smallest one on ties; a score below n_lab means no counted point (int32 while it cannot overflow)
+    dt = np.int32 if (len(labels) + 1) * n_lab < 2**31 else np.int64
+    score = np.bincount(labels * n_vox + inverse, minlength=n_vox * n_lab).reshape(n_lab, n_vox).astype(dt)
     if 0 <= ignore_label < n_lab:
-        counts[ignore_label] = 0
-    # max over labels; torch returns the first maximal index = the smallest label on ties
-    best, label = torch.from_numpy(counts).max(dim=0)
-    return torch.where(best > 0, label, ignore_label).numpy()
+        score[ignore_label] = 0
+    score *= n_lab
+    score += (n_lab - 1 - np.arange(n_lab, dtype=dt))[:, None]
+    best = score.max(axis=0)
+    return np.where(best >= n_lab, n_lab - 1 - best % n_lab, ignore_label).astype(np.int64)
 
 
 def _majority(labels: np.ndarray, inverse: np.ndarray, n_vox: int, ignore_label: int) -> np.ndarray:
