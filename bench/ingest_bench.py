@@ -4,14 +4,15 @@
 
 Data: the 5 real nuScenes keyframes of tests/data (real points; since they have no teacher outputs, the
 pairing rows get synthetic pseudo-labels, ~0.87 pairings per point and 6 cameras x 40 masks of 768-d
-float16 features: afov_ray.datasets.synth.pairing_rows) and 5 generated nuScenes-size sweeps (32 beams x
-1084 azimuths of generated scenes, same synthetic pairing rows). Each set is written as one Parquet
-pairing shard (the pairing pass's schema and writer).
+float16 features: afov_ray.datasets.synth.pairing_rows), cycled to a scene-size shard of ``--shard-rows``
+keyframes, and as many generated nuScenes-size sweeps (32 beams x 1084 azimuths of generated scenes, same
+synthetic pairing rows). Each set is one Parquet pairing shard (the pairing pass's schema and writer).
 
-Stages, per keyframe: process CPU time (other load on the machine does not count), one thread (torch,
-numpy, Arrow), median over ``--repeats`` rounds, each a pass over the 5 keyframes in batches of 2 (as
-``scan_dataset``'s map_batches and a 2-scan training step) of every stage of both implementations in turn:
-  read       Parquet -> Arrow of the columns the ingest reads (baseline: every column);
+Stages, per keyframe: process CPU time (the machine's other processes are not counted), one thread
+(torch, numpy, Arrow), median over ``--repeats`` rounds that run every stage of both implementations in
+turn; the first ``--keyframes`` keyframes are prepared and collated in batches of 2 (as ``scan_dataset``'s
+map_batches and a 2-scan training step):
+  read       Parquet -> Arrow of the columns the ingest reads (baseline: every column), whole shard;
   voxelise   prepare_batch of the annotation-free ingest (augment, voxelise, majority targets, Arrow out);
   pairings   prepare_batch(TMP) - prepare_batch(annotation-free) on the same rows (median of the per-round
              difference): pairings re-indexed to voxels, superpixel ids, texts and features;
@@ -19,7 +20,7 @@ numpy, Arrow), median over ``--repeats`` rounds, each a pass over the 5 keyframe
 annotation-free = read + voxelise + collate; TMP = read + voxelise + pairings + collate (its own read).
 Baseline = bench/legacy_ingest.py (the ingest of commit e52e765). Cores per GPU worker = CPU ms per
 keyframe x scans per step / step ms. Before timing, both implementations prepare and collate every
-keyframe without augmentation and the outputs are compared tensor by tensor (bit-identical or not;
+keyframe (of the first ``--keyframes``) without augmentation and the outputs are compared tensor by tensor (bit-identical or not;
 ``point_labels``, which the new annotation-free / TMP ingest does not read, must be empty instead).
 """
 
@@ -51,7 +52,8 @@ def _one_thread() -> None:
     pa.set_io_thread_count(1)
 
 
-def real_scans() -> tuple[list, list]:
+def real_scans(rows: int) -> tuple[list, list]:
+    """The 5 real keyframes, cycled to ``rows`` rows (a shard holds a scene, ~40 keyframes)."""
     import numpy as np
 
     files = sorted(glob.glob(str(REPO / "tests/data/nuscenes_scene0916/samples/LIDAR_TOP/*.pcd.bin")))
@@ -59,36 +61,39 @@ def real_scans() -> tuple[list, list]:
     rng = np.random.default_rng(0)  # no lidarseg in the vendored frames: labels by height band
     labels = [np.clip((s[:, 2] + 3.0) * 3, 0, 16).astype(np.uint8) ^ rng.integers(0, 2, len(s)).astype(np.uint8)
               for s in scans]
-    return scans, labels
+    return [scans[i % 5] for i in range(rows)], [labels[i % 5] for i in range(rows)]
 
 
-def generated_scans(n: int = 5) -> tuple[list, list]:
+def generated_scans(rows: int) -> tuple[list, list]:
+    """``rows`` distinct generated nuScenes-size sweeps (one per generated scene)."""
     from afov_ray.datasets.synth.pairing_rows import lidar_sweep
 
-    out = [lidar_sweep(i) for i in range(n)]
+    out = [lidar_sweep(i) for i in range(rows)]
     return [p for p, _ in out], [lab for _, lab in out]
 
 
-def write_shard(folder: str, name: str, scans, labels) -> str:
+def write_shard(folder: str, name: str, scans, labels, **write_kwargs) -> str:
+    """A pairing shard as the pairing pass writes it (``write_kwargs``: other Parquet writer options)."""
     from afov_ray.datasets.synth.pairing_rows import pairing_table
     from afov_ray.storage.atomic import atomic_write_parquet
 
     path = os.path.join(folder, f"{name}.parquet")
-    atomic_write_parquet(path, pairing_table(scans, scene=name, labels=labels))
+    atomic_write_parquet(path, pairing_table(scans, scene=name, labels=labels), **write_kwargs)
     return path
 
 
-def _cpu_ms(fns: dict, repeats: int, per: int) -> dict:
-    """{name: [ms per item of each round]}: each function's process CPU time (time.process_time: the
-    machine's other load does not count) in ``repeats`` rounds that run every function once, interleaved."""
-    for fn in fns.values():
+def _cpu_ms(fns: dict, repeats: int) -> dict:
+    """{name: [ms per item of each round]} for ``fns`` = {name: (function, items)}: each function's process
+    CPU time (time.process_time: the machine's other processes are not counted) in ``repeats`` rounds that
+    run every function once, interleaved."""
+    for fn, _ in fns.values():
         fn()  # warm-up
     ts: dict = {k: [] for k in fns}
     for _ in range(repeats):
-        for k, fn in fns.items():
+        for k, (fn, items) in fns.items():
             t0 = time.process_time()
             fn()
-            ts[k].append((time.process_time() - t0) * 1e3 / per)
+            ts[k].append((time.process_time() - t0) * 1e3 / items)
     return ts
 
 
@@ -113,8 +118,8 @@ def implementations() -> list[Impl]:
             Impl("new", data.ingest_columns, data.prepare_batch, data.collate, lambda t: t)]
 
 
-def check_identical(path: str, impls: list[Impl], cfgs: dict) -> bool:
-    """Both implementations, no augmentation, every keyframe, both ingests: identical tensors?"""
+def check_identical(path: str, impls: list[Impl], cfgs: dict, rows: int) -> bool:
+    """Both implementations, no augmentation, the first ``rows`` keyframes, both ingests: identical tensors?"""
     import pyarrow.parquet as pq
     import torch
 
@@ -123,7 +128,7 @@ def check_identical(path: str, impls: list[Impl], cfgs: dict) -> bool:
         cfg = replace(cfg, augment=False)
         outs = []
         for im in impls:
-            table = pq.read_table(path, columns=im.columns(cfg))
+            table = pq.read_table(path, columns=im.columns(cfg)).slice(0, rows)
             outs.append([im.collate(im.to_collate_input(im.prepare(table.slice(i, 2), cfg)),
                                     with_pairings=cfg.with_pairings) for i in range(0, table.num_rows, 2)])
         unread = "point_labels" if cfg.target == "pseudo" else "pseudo"  # the new ingest does not read it
@@ -134,27 +139,29 @@ def check_identical(path: str, impls: list[Impl], cfgs: dict) -> bool:
     return same
 
 
-def bench_set(label: str, path: str, impls: list[Impl], cfgs: dict, repeats: int, batch: int) -> dict:
+def bench_set(label: str, path: str, impls: list[Impl], cfgs: dict, repeats: int, batch: int, rows: int) -> dict:
+    """Per-keyframe CPU ms of every stage of every implementation: reads of the whole shard, preparation
+    and collation of its first ``rows`` keyframes in batches of ``batch``."""
     import pyarrow.parquet as pq
 
-    n = pq.read_metadata(path).num_rows
-    fns, res = {}, {"keyframes": n, "label": label}
+    n_read = pq.read_metadata(path).num_rows
+    fns, res = {}, {"keyframes": rows, "shard_rows": n_read, "label": label}
     for im in impls:
         tables = {k: pq.read_table(path, columns=im.columns(c)) for k, c in cfgs.items()}
-        slices = {k: [t.slice(i, batch) for i in range(0, n, batch)] for k, t in tables.items()}
-        res[im.name] = {f"mb_{k}": t.nbytes / n / 1e6 for k, t in tables.items()}
+        slices = {k: [t.slice(i, min(batch, rows - i)) for i in range(0, rows, batch)] for k, t in tables.items()}
+        res[im.name] = {f"mb_{k}": t.nbytes / n_read / 1e6 for k, t in tables.items()}
         for k, c in cfgs.items():
-            fns[(im.name, f"read_{k}")] = lambda im=im, c=c: pq.read_table(path, columns=im.columns(c),
-                                                                            use_threads=False)
+            fns[(im.name, f"read_{k}")] = (lambda im=im, c=c: pq.read_table(path, columns=im.columns(c),
+                                                                             use_threads=False), n_read)
             # prepared Arrow blocks -> tensors (baseline: incl. Ray's Arrow -> numpy batch conversion)
             prepared = [im.prepare(b, c) for b in slices[k]]
-            fns[(im.name, f"collate_{k}")] = lambda im=im, c=c, p=prepared: [
-                im.collate(im.to_collate_input(x), with_pairings=c.with_pairings) for x in p]
+            fns[(im.name, f"collate_{k}")] = (lambda im=im, c=c, p=prepared: [
+                im.collate(im.to_collate_input(x), with_pairings=c.with_pairings) for x in p], rows)
         af, tmp = cfgs["annotation-free"], cfgs["TMP"]
-        fns[(im.name, "voxelise")] = lambda im=im, s=slices: [im.prepare(b, af) for b in s["annotation-free"]]
-        fns[(im.name, "prep_af_on_tmp")] = lambda im=im, s=slices: [im.prepare(b, af) for b in s["TMP"]]
-        fns[(im.name, "prep_tmp")] = lambda im=im, s=slices: [im.prepare(b, tmp) for b in s["TMP"]]
-    rounds = _cpu_ms(fns, repeats, n)
+        fns[(im.name, "voxelise")] = (lambda im=im, s=slices: [im.prepare(b, af) for b in s["annotation-free"]], rows)
+        fns[(im.name, "prep_af_on_tmp")] = (lambda im=im, s=slices: [im.prepare(b, af) for b in s["TMP"]], rows)
+        fns[(im.name, "prep_tmp")] = (lambda im=im, s=slices: [im.prepare(b, tmp) for b in s["TMP"]], rows)
+    rounds = _cpu_ms(fns, repeats)
     for (name, stage), ms in rounds.items():
         res[name][stage] = statistics.median(ms)
     for im in impls:
@@ -168,9 +175,26 @@ def bench_set(label: str, path: str, impls: list[Impl], cfgs: dict, repeats: int
     return res
 
 
+def plain_read_ms(folder: str, scans, labels, cfgs: dict, repeats: int) -> dict:
+    """Read ms per keyframe (new columns) of the same shard written without dictionary encoding and
+    compression (pairing-pass writer options, not the ingest: information for the read stage)."""
+    import pyarrow.parquet as pq
+
+    from afov_ray.train.data import ingest_columns
+
+    default = write_shard(folder, "writer-default", scans, labels)
+    plain = write_shard(folder, "writer-plain", scans, labels, use_dictionary=False, compression="none")
+    fns = {(w, k): (lambda p=p, c=c: pq.read_table(p, columns=ingest_columns(c), use_threads=False), len(scans))
+           for w, p in (("default", default), ("plain", plain)) for k, c in cfgs.items()}
+    out = {key: statistics.median(ms) for key, ms in _cpu_ms(fns, repeats).items()}
+    out["mb"] = {w: os.path.getsize(p) / len(scans) / 1e6 for w, p in (("default", default), ("plain", plain))}
+    return out
+
+
 def report(res: dict, step_ms: float, per_step: int) -> None:
     b, nw = res["baseline"], res["new"]
-    print(f"\n== {res['label']} ({res['keyframes']} keyframes), CPU ms per keyframe, one thread ==")
+    print(f"\n== {res['label']}: CPU ms per keyframe, one thread (read: {res['shard_rows']}-keyframe shard; "
+          f"prepare / collate: {res['keyframes']} keyframes) ==")
     print(f"{'stage':<26}{'baseline':>10}{'new':>10}{'speed-up':>10}")
     rows = [("read (annotation-free)", "read_annotation-free"), ("read (TMP)", "read_TMP"),
             ("voxelise", "voxelise"), ("pairings (TMP)", "pairings"),
@@ -191,6 +215,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--step-ms", type=float, default=40.0)
     ap.add_argument("--scans-per-step", type=int, default=2)
+    ap.add_argument("--shard-rows", type=int, default=40, help="keyframes per shard (a scene has ~40)")
+    ap.add_argument("--keyframes", type=int, default=6, help="keyframes prepared and collated per round")
     ap.add_argument("--sets", default="real,generated")
     args = ap.parse_args()
     _one_thread()
@@ -206,13 +232,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         for key in args.sets.split(","):
             label, load = sources[key]
-            scans, labels = load()
+            scans, labels = load(args.shard_rows)
             path = write_shard(td, key, scans, labels)
+            same = check_identical(path, impls, cfgs, args.keyframes)
             print(f"\n{label}: {sum(len(s) for s in scans) / len(scans):.0f} points per keyframe; bit-identical "
-                  f"prepared + collated tensors (no augmentation, both ingests): "
-                  f"{'yes' if check_identical(path, impls, cfgs) else 'NO'}")
-            report(bench_set(label, path, impls, cfgs, args.repeats, args.scans_per_step), args.step_ms,
-                   args.scans_per_step)
+                  f"prepared + collated tensors (no augmentation, both ingests): {'yes' if same else 'NO'}")
+            report(bench_set(label, path, impls, cfgs, args.repeats, args.scans_per_step, args.keyframes),
+                   args.step_ms, args.scans_per_step)
+            if key == "real":
+                pr = plain_read_ms(td, scans, labels, cfgs, args.repeats)
+                print(f"read with the shard written without dictionary encoding / compression (a pairing-pass "
+                      f"writer option; {pr['mb']['default']:.2f} -> {pr['mb']['plain']:.2f} MB per keyframe on disk): "
+                      + ", ".join(f"{k} {pr[('default', k)]:.2f} -> {pr[('plain', k)]:.2f} ms" for k in cfgs))
 
 
 if __name__ == "__main__":
