@@ -12,10 +12,10 @@ reported by the training loop (time blocked on the Ray Data iterator / epoch tim
 also print their speed ratio against the first (the baseline), run in the same process.
 Device: CPU here unless --gpu is given.
 
-``--baseline-rev REV`` first runs this benchmark as it was at git revision REV (the code of that revision,
-from ``git archive``, in a subprocess with the same arguments) on the same shards, so the data-wait
-fraction and scans/s before and after a change are measured in one invocation on the same machine, e.g.
-``--baseline-rev e52e765`` (the ingest before issue 22).
+``--baseline-rev REV`` first runs this benchmark on the code of git revision REV (``git archive``d into a
+temporary folder, in a subprocess with the same arguments) on the same shards, so the data-wait fraction
+and scans/s before and after a change are measured in one invocation on the same machine, e.g.
+``--baseline-rev e52e765`` (the ingest before issue 22). Every epoch is reported (all checkpoints kept).
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ from pathlib import Path
 
 
 def run_baseline(rev: str, argv: list[str]) -> None:
-    """Run bench/train_bench.py of git revision ``rev`` (its own code) with ``argv``, output prefixed."""
+    """Run this benchmark with ``argv`` on the code of git revision ``rev`` (``git archive`` into a temporary
+    folder first on PYTHONPATH, for the driver and the Ray workers it starts); output prefixed."""
     repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as td:
         archive = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", td], input=archive, check=True)
         env = {**os.environ, "PYTHONPATH": td}
         abs_argv = [str(Path(a).absolute()) if os.path.exists(a) else a for a in argv]
-        proc = subprocess.run([sys.executable, os.path.join(td, "bench", "train_bench.py"), *abs_argv], cwd=td,
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *abs_argv], cwd=td,
                               env=env, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         print(f"[baseline {rev}] {line}", flush=True)
@@ -74,6 +75,9 @@ def main() -> None:
     from afov_ray.config import load_config
     from afov_ray.train.jobs import TrainJob, run_train_job
 
+    import afov_ray
+
+    print(f"code: {Path(afov_ray.__file__).parent}")
     print(f"device: {'GPU' if args.gpu else 'CPU'} ({os.cpu_count()} cores); kind {args.kind}; model {args.model} "
           f"on engine {args.engine}; voxel {args.voxel_size} m; {args.workers} worker(s), batch {args.batch_size}")
     base = None
@@ -86,7 +90,7 @@ def main() -> None:
                 f"scale.num_workers={args.workers}", f"scale.use_gpu={str(args.gpu).lower()}",
                 f"scale.torch_threads={'null' if threads == 'none' else threads}", f"ingest.voxel_size={args.voxel_size}",
                 f"run.storage_path={td}", "run.name=bench", f"tmp.teacher_run={args.teacher_run}",
-                "loop.optim.lr_head=null"])
+                "loop.optim.lr_head=null", "run.num_to_keep=null"])
             t0 = time.perf_counter()
             res = run_train_job(args.kind, cfg)
             wall = time.perf_counter() - t0

@@ -90,7 +90,10 @@ def _phi_bins(p: torch.Tensor, phi_bin_deg: float) -> torch.Tensor:
     The fast values decide every bin except within 1e-5 x the largest possible value (180 / phi_bin_deg,
     some 40x the 3-ulp error there) of a bin edge, or where not finite: those few points (~0.4 %) are
     recomputed on strided columns, so every value's floor is the one the scalar kernel gives."""
-    fast = _phi_scaled(p[:, 0].contiguous(), p[:, 1].contiguous(), phi_bin_deg)
+    x, y = p[:, 0], p[:, 1]
+    if x.is_contiguous() and y.is_contiguous():  # column-major points: that is the reference computation
+        return _phi_scaled(x, y, phi_bin_deg)
+    fast = _phi_scaled(x.contiguous(), y.contiguous(), phi_bin_deg)
     tol = 1e-5 * max(180.0 / phi_bin_deg, 1.0)
     redo = torch.logical_not((fast - torch.round(fast)).abs() > tol).nonzero().squeeze(1)  # NaN -> redo
     if len(redo):
@@ -168,11 +171,13 @@ def unique_first_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def unique_first(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(indexes, inverse) of unique rows of int ``coords`` (N, D), voxels ordered by first point."""
-    c = torch.as_tensor(coords).numpy()
+    coords = torch.as_tensor(coords)
+    c = coords.cpu().numpy()
     if c.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
-    idx, inv = unique_first_keys(pack_keys([c[:, d] for d in range(c.shape[1])]))
-    return torch.from_numpy(idx), torch.from_numpy(inv)
+        idx = inv = np.zeros(0, dtype=np.int64)
+    else:
+        idx, inv = unique_first_keys(pack_keys([c[:, d] for d in range(c.shape[1])]))
+    return torch.from_numpy(idx).to(coords.device), torch.from_numpy(inv).to(coords.device)
 
 
 def _vote(labels: np.ndarray, inverse: np.ndarray, n_vox: int, n_lab: int, ignore_label: int) -> np.ndarray:

@@ -100,6 +100,8 @@ def test_points_on_and_next_to_angular_bin_edges():
     pts = torch.from_numpy(pts)
     for bin_deg in (1.0, 0.5, 3.0):
         check(pts, phi_bin_deg=bin_deg)
+    check(pts.t().contiguous().t())  # column-major points: contiguous columns in the reference too
+    check(pts[:, :3].contiguous(), feature="ones")  # (N, 3) points
 
 
 def test_edge_cases():
