@@ -107,7 +107,8 @@ def main() -> None:
         base = rate if base is None else base
         print(f"torch_threads={threads} (worker used {rows[-1].get('train/torch_threads', '?')}): {steps} steps, "
               f"scans/s per worker {rate:.3f} over epochs ({epoch_s:.1f} s), {scans / wall:.3f} over the fit "
-              f"({wall:.1f} s with start-up); data-wait fraction {', '.join(f'{w:.3f}' for w in wait)}{ratio}",
+              f"({wall:.1f} s with start-up); data-wait fraction {', '.join(f'{w:.3f}' for w in wait)}"
+              f"{f' (mean after the first epoch {sum(wait[1:]) / len(wait[1:]):.3f})' if len(wait) > 1 else ''}{ratio}",
               flush=True)
 
 
