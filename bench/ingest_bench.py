@@ -146,6 +146,7 @@ def bench_set(label: str, path: str, impls: list[Impl], cfgs: dict, repeats: int
 
     n_read = pq.read_metadata(path).num_rows
     fns, res = {}, {"keyframes": rows, "shard_rows": n_read, "label": label}
+    af, tmp = cfgs["annotation-free"], cfgs["TMP"]
     for im in impls:
         tables = {k: pq.read_table(path, columns=im.columns(c)) for k, c in cfgs.items()}
         slices = {k: [t.slice(i, min(batch, rows - i)) for i in range(0, rows, batch)] for k, t in tables.items()}
@@ -157,8 +158,8 @@ def bench_set(label: str, path: str, impls: list[Impl], cfgs: dict, repeats: int
             prepared = [im.prepare(b, c) for b in slices[k]]
             fns[(im.name, f"collate_{k}")] = (lambda im=im, c=c, p=prepared: [
                 im.collate(im.to_collate_input(x), with_pairings=c.with_pairings) for x in p], rows)
-        af, tmp = cfgs["annotation-free"], cfgs["TMP"]
-        fns[(im.name, "voxelise")] = (lambda im=im, s=slices: [im.prepare(b, af) for b in s["annotation-free"]], rows)
+        fns[(im.name, "voxelise")] = (lambda im=im, s=slices: [im.prepare(b, af) for b in s["annotation-free"]],
+                                      rows)
         fns[(im.name, "prep_af_on_tmp")] = (lambda im=im, s=slices: [im.prepare(b, af) for b in s["TMP"]], rows)
         fns[(im.name, "prep_tmp")] = (lambda im=im, s=slices: [im.prepare(b, tmp) for b in s["TMP"]], rows)
     rounds = _cpu_ms(fns, repeats)

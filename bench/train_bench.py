@@ -39,7 +39,7 @@ def run_baseline(rev: str, argv: list[str]) -> None:
         env = {**os.environ, "PYTHONPATH": td}
         abs_argv = [str(Path(a).absolute()) if os.path.exists(a) else a for a in argv]
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *abs_argv], cwd=td,
-                              env=env, capture_output=True, text=True)
+                              env=env, capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         print(f"[baseline {rev}] {line}", flush=True)
     if proc.returncode != 0:
@@ -72,10 +72,9 @@ def main() -> None:
             argv.append(a)
         run_baseline(args.baseline_rev, argv)
 
+    import afov_ray
     from afov_ray.config import load_config
     from afov_ray.train.jobs import TrainJob, run_train_job
-
-    import afov_ray
 
     print(f"code: {Path(afov_ray.__file__).parent}")
     print(f"device: {'GPU' if args.gpu else 'CPU'} ({os.cpu_count()} cores); kind {args.kind}; model {args.model} "

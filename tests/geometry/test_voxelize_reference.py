@@ -10,8 +10,14 @@ import pytest
 import reference_voxelize as ref
 import torch
 
-from afov_ray.geometry.voxelize import (majority_labels, pack_keys, unique_first, unique_first_keys, voxelize,
-                                        voxelize_batch)
+from afov_ray.geometry.voxelize import (
+    majority_labels,
+    pack_keys,
+    unique_first,
+    unique_first_keys,
+    voxelize,
+    voxelize_batch,
+)
 from afov_ray.models.synthetic_scan import lidar_like_scan
 
 FIELDS = ("coords", "feats", "indexes", "inverse", "labels", "voxel_offsets", "point_offsets")
@@ -52,8 +58,8 @@ def test_real_nuscenes_scans(nuscenes_scans, grid, label_mode):
         assert 10_000 < v.coords.shape[0] < pts.shape[0]  # a real scan: many voxels, many shared
 
 
-@pytest.mark.parametrize("kw", [dict(voxel_size=0.2), dict(phi_bin_deg=2.0), dict(feature="xyz_intensity"),
-                                dict(feature="ones", grid="cartesian", voxel_size=0.05)])
+@pytest.mark.parametrize("kw", [{"voxel_size": 0.2}, {"phi_bin_deg": 2.0}, {"feature": "xyz_intensity"},
+                                {"feature": "ones", "grid": "cartesian", "voxel_size": 0.05}])
 def test_real_nuscenes_other_settings(nuscenes_scans, kw):
     check(nuscenes_scans[0], torch.randint(0, 17, (nuscenes_scans[0].shape[0],)), **kw)
 
@@ -176,7 +182,7 @@ def test_majority_labels_match_reference(ignore):
         nv = int(rng.integers(1, 15)) if n else 0
         inv = torch.from_numpy(rng.integers(0, nv, n) if n else np.zeros(0, np.int64))
         lab = rng.integers(0, 6, n)
-        lab[rng.random(n) < 0.4] = ignore if ignore >= 0 else 0
+        lab[rng.random(n) < 0.4] = max(ignore, 0)
         lab = torch.from_numpy(lab)
         assert torch.equal(majority_labels(lab, inv, nv, ignore), ref.majority_labels(lab, inv, nv, ignore))
     with pytest.raises(ValueError, match="negative"):

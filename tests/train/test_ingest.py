@@ -13,8 +13,15 @@ import torch
 
 from afov_ray.datasets.synth.pairing_rows import pairing_table
 from afov_ray.train.arrow_lists import list_array, list_view
-from afov_ray.train.data import (PAIRING_COLUMNS, IngestConfig, augment_points, collate, ingest_columns,
-                                 prepare_batch, prepare_row)
+from afov_ray.train.data import (
+    PAIRING_COLUMNS,
+    IngestConfig,
+    augment_points,
+    collate,
+    ingest_columns,
+    prepare_batch,
+    prepare_row,
+)
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 

@@ -25,7 +25,7 @@ def _point_rows(points: np.ndarray, labels: np.ndarray | None, rng: np.random.Ge
            % num_cameras)
     cell = np.floor(xyz[:, :2] / 2.0).astype(np.int64)
     mask = 1 + (cell[:, 0] * 73856093 ^ cell[:, 1] * 19349663) % masks_per_camera
-    pair_point = np.sort(rng.choice(n, size=int(round(pair_fraction * n)), replace=False)).astype(np.int32)
+    pair_point = np.sort(rng.choice(n, size=round(pair_fraction * n), replace=False)).astype(np.int32)
     superpixel = (cam * stride + mask)[pair_point].astype(np.int32)
     paired = np.zeros(n, dtype=bool)
     paired[pair_point] = True
