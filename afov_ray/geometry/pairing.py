@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 
 from afov_ray.config import option
 from afov_ray.errors import DataError
@@ -225,3 +226,20 @@ def coverage_stats(pseudo_eval: np.ndarray, gt: np.ndarray | None, num_classes: 
         out["per_class_labelled"] = np.bincount(gt[lab & (gt > 0)], minlength=num_classes).tolist()
         out["per_class_agree"] = np.bincount(gt[agree], minlength=num_classes).tolist()
     return out
+
+
+# version of the pairing-shard table layout (checked by readers through the shard manifest)
+PAIRING_SCHEMA_VERSION = 1
+
+
+def pairing_schema():
+    """Arrow schema of a pairing shard: one row per keyframe (scan, labels, pseudo-labels, pairings, superpixel
+    features as float16 bytes)."""
+    return pa.schema([
+        ("sample_token", pa.string()), ("scene", pa.string()), ("timestamp", pa.int64()),
+        ("num_points", pa.int32()), ("points", pa.list_(pa.float32())), ("labels", pa.list_(pa.uint8())),
+        ("pseudo", pa.list_(pa.uint8())), ("pseudo_code", pa.list_(pa.int32())),
+        ("superpoint", pa.list_(pa.int32())), ("pair_point", pa.list_(pa.int32())),
+        ("pair_superpixel", pa.list_(pa.int32())), ("sp_id", pa.list_(pa.int32())),
+        ("sp_text", pa.list_(pa.int32())), ("sp_feat", pa.binary()), ("feat_dim", pa.int32()),
+    ], metadata={b"afov.pairing_schema": str(PAIRING_SCHEMA_VERSION).encode()})

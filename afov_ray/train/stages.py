@@ -28,7 +28,7 @@ from afov_ray.models.spec import ModelSpec
 from afov_ray.storage import uri as suri
 from afov_ray.teachers.dictionary import ClassDictionary
 from afov_ray.teachers.schema import read_run
-from afov_ray.train.data import IngestConfig, collate
+from afov_ray.train.data import IngestConfig, torch_batches
 from afov_ray.train.registry import load_model_state
 from afov_ray.train.runner import Stage, allreduce_
 from afov_ray.train.tracking import data_fingerprint, teacher_lineage
@@ -149,8 +149,8 @@ class TMPStage(Stage):
         return self._text[0].to(device), self._text[1].to(device)
 
     def batches(self, shard, batch_size, epoch):
-        for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
-            yield collate(b, with_pairings=True, stride=self.ingest.stride)
+        yield from torch_batches(shard, batch_size, with_pairings=True, stride=self.ingest.stride,
+                                 prefetch_batches=self.ingest.prefetch_batches)
 
     def loss(self, model, batch, device):
         feats = _forward(model, batch, device)
@@ -204,8 +204,7 @@ class SegStage(Stage):
         return _init_state(self.model_cfg)
 
     def batches(self, shard, batch_size, epoch):
-        for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
-            yield collate(b)
+        yield from torch_batches(shard, batch_size, prefetch_batches=self.ingest.prefetch_batches)
 
     def loss(self, model, batch, device):
         logits = _forward(model, batch, device)
@@ -230,8 +229,7 @@ def validate_segmentation(model, shard, device, num_classes: int, suppress_class
                           class_names: tuple[str, ...] | list[str] = ()) -> dict:
     """Point-level confusion matrix over the worker's val shard, all-reduced, -> mIoU and per-class IoU."""
     H = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    for b in shard.iter_batches(batch_size=1, batch_format="numpy"):
-        batch = collate(b)
+    for batch in torch_batches(shard, 1, drop_last=False):
         if batch["point_labels"].numel() == 0:
             continue
         pred = predict_points(model, batch, device, suppress_class0)

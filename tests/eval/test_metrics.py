@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from afov_ray.errors import DataError
-from afov_ray.eval import (ConfusionAccumulator, confusion_matrix, evaluate_report, iou_per_class,
-                           micro_iou, miou, point_accuracy, suppress_class0)
+from afov_ray.eval import (
+    ConfusionAccumulator,
+    confusion_matrix,
+    evaluate_report,
+    iou_per_class,
+    micro_iou,
+    miou,
+    point_accuracy,
+    suppress_class0,
+)
 
 C = 17
 

@@ -5,8 +5,14 @@ import pytest
 
 from afov_ray.datasets.types import CameraFrame, Keyframe
 from afov_ray.errors import DataError
-from afov_ray.geometry.pairing import (CameraMasks, PairingConfig, decode_official, encode_official,
-                                       min_filter, pair_keyframe)
+from afov_ray.geometry.pairing import (
+    CameraMasks,
+    PairingConfig,
+    decode_official,
+    encode_official,
+    min_filter,
+    pair_keyframe,
+)
 
 W, H = 10, 8
 K = np.array([[5.0, 0, 4.2], [0, 5.0, 3.3], [0, 0, 1]])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import math
 import warnings
 
@@ -293,15 +292,15 @@ def test_teacher_pass_maskclip_with_ray(tmp_path, bpe_path, monkeypatch):
     import ray
     from PIL import Image
 
-    from afov_ray.datasets.types import CameraFrame, Keyframe
-    from afov_ray.storage.atomic import atomic_write_parquet
     from afov_ray.datasets.sweeps import keyframes_to_table
-    from afov_ray.teachers.dictionary import ClassDictionary
-    from afov_ray.teachers.schema import from_table, read_run
+    from afov_ray.datasets.types import CameraFrame, Keyframe
     from afov_ray.pipeline.shard_pass import ExecConfig
     from afov_ray.pipeline.teacher import TeacherPassConfig, run_teacher_pass
     from afov_ray.runtime import init_ray
+    from afov_ray.storage.atomic import atomic_write_parquet
     from afov_ray.storage.manifest import write_folder_manifest
+    from afov_ray.teachers.dictionary import ClassDictionary
+    from afov_ray.teachers.schema import from_table, read_run
 
     dataroot = tmp_path / "data"
     rng = np.random.default_rng(1)
