@@ -1,6 +1,6 @@
 """Leave no Ray process behind when a driver that started a local Ray is killed.
 
-When the driver process that called ``ray.init()`` (a local Ray) dies without shutting Ray down (SIGKILL, OOM
+When the driver process that started a local Ray (``init_ray``) dies without shutting Ray down (SIGKILL, OOM
 killer), Ray's GCS and raylet follow it, but its dashboard and runtime-env agents stay alive, holding ports and
 memory. ``afov_ray.runtime.init_ray`` therefore starts this watcher for a local Ray: a small separate process
 (``python -m afov_ray.reaper <driver pid> <session dir>``) that polls the driver and, once it is gone, ends

@@ -1,4 +1,4 @@
-"""Voxelisation of LiDAR scans (afov-reference.md section 5.1).
+"""Voxelisation of LiDAR scans (docs/method.md "Voxelisation").
 
 Official behaviour (MinkowskiEngine ``sparse_quantize``): integer grid = ``floor`` of the scaled
 coordinates, computed in float32 as the official loader does; the *first* point of each voxel (in point

@@ -1,6 +1,6 @@
 """Training ingest: pairing shards -> augmented, voxelised scans -> collated sparse batches.
 
-afov-reference.md 2.1, 5.1 and design.md. Ray Data reads the pairing shards (local or ``s3://``),
+docs/method.md "TMP data", "Voxelisation" and docs/architecture.md. Ray Data reads the pairing shards (local or ``s3://``),
 and a ``map_batches`` step on CPU workers does the per-scan work (augmentation, cylindrical
 voxelisation, voxel targets, re-indexing of pairings to voxels). No camera image is ever decoded:
 the pairing shards already hold (point, superpixel) pairings and the teacher mask features.
@@ -19,11 +19,13 @@ batch's rows with whole-column numpy operations (``torch_batches`` runs it in Ra
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
+from afov_ray.config import option
 from afov_ray.geometry.pairing import OFFICIAL_STRIDE
 from afov_ray.geometry.voxelize import voxelize
 from afov_ray.storage import uri as suri
@@ -50,18 +52,21 @@ _SAMPLE_VALUE_TYPES = {"coords": np.int32, "feats": np.float32, "inverse": np.in
 
 @dataclass
 class IngestConfig:
-    grid: str = field(default="cylindrical", metadata={"help": "cylindrical (official) | cartesian"})
-    voxel_size: float = field(default=0.1, metadata={"help": "voxel edge in m (cylindrical: rho and z)"})
-    label_mode: str = field(default="majority", metadata={
-        "help": "voxel target: majority of its points (default) | first point (official)"})
-    target: str = field(default="pseudo", metadata={"help": "pseudo (annotation-free) | gt (fine-tuning)"})
-    augment: bool = field(default=True, metadata={"help": "rotation about z + flips of x/y (official)"})
-    with_pairings: bool = field(default=False, metadata={"help": "carry pairings and superpixel features (TMP)"})
-    stride: int = field(default=OFFICIAL_STRIDE, metadata={"help": "superpixel id stride per camera"})
-    seed: int = field(default=0, metadata={"help": "augmentation seed"})
-    cpus_per_task: float = field(default=0.5, metadata={"help": "CPUs reserved per voxelisation task"})
-    prefetch_batches: int = field(default=2, metadata={
-        "help": "training batches Ray Data prepares ahead of the one being trained on"})
+    grid: Literal["cylindrical", "cartesian"] = option("cylindrical", "voxel grid: cylindrical (official) | cartesian")
+    voxel_size: float = option(0.1, "voxel edge in m (cylindrical: rho and z)", gt=0)
+    intensity_offset: float = option(0.0, "added to the intensity input feature: 0 for nuScenes (raw 0-255), "
+                                          "1 for SemanticKITTI (official: reflectance + 1)")
+    label_mode: Literal["majority", "first"] = option(
+        "majority", "voxel target: majority of its points (default) | first point (official)")
+    target: Literal["pseudo", "gt"] = option("pseudo", "pseudo (annotation-free) | gt (fine-tuning)")
+    augment: bool = option(True, "rotation about z + flips of x/y (official)")
+    with_pairings: bool = option(False, "carry pairings and superpixel features (TMP)")
+    stride: int = option(OFFICIAL_STRIDE, "superpixel id stride per camera", min=1)
+    seed: int = option(0, "augmentation seed")
+    cpus_per_task: float = option(0.5, "CPUs reserved per voxelisation task", gt=0)
+    shuffle_buffer: int = option(8, "training scans mixed in a local shuffle buffer (official: a shuffled "
+                                    "DataLoader); 0: shard order", min=0)
+    prefetch_batches: int = option(2, "training batches Ray Data prepares ahead of the one being trained on", min=0)
 
 
 def augment_points(xyz: np.ndarray, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
@@ -121,7 +126,7 @@ def _voxel_sample(row: dict, cfg: IngestConfig, nonce: int) -> dict:
         pts = pts.copy()  # torch refuses read-only memory (an Arrow buffer)
     target = _array(row["pseudo"]) if cfg.target == "pseudo" else _ground_truth(row)
     vox = voxelize(torch.from_numpy(pts), target, grid=cfg.grid, voxel_size=cfg.voxel_size,
-                   label_mode=cfg.label_mode)
+                   intensity_offset=cfg.intensity_offset, label_mode=cfg.label_mode)
     return {"coords": vox.coords.numpy().ravel(), "feats": vox.feats.numpy().ravel(),
             "num_voxels": int(vox.coords.shape[0]), "inverse": vox.inverse.numpy(),
             "target": vox.labels.numpy() if vox.labels is not None else np.zeros(0, np.int64)}
@@ -232,7 +237,7 @@ def scan_dataset(uri: str, cfg: IngestConfig, scenes: list[str] | None = None,
         ds = ds.map_batches(_select_tokens, fn_kwargs={"sample_tokens": sorted(set(sample_tokens))},
                             batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
     # Stateless tasks, not an actor pool: actors would hold CPUs that the read tasks and the
-    # training workers need (a 2-CPU cluster deadlocks, install-notes.md "Ray Data actor-pool deadlock").
+    # training workers need (on a 2-CPU cluster an actor pool deadlocks the read tasks).
     return ds.map_batches(prepare_batch, fn_kwargs={"cfg": cfg}, batch_size=2, batch_format="pyarrow",
                           num_cpus=cfg.cpus_per_task)
 
@@ -309,8 +314,12 @@ def collate(batch, with_pairings: bool = False, stride: int = OFFICIAL_STRIDE) -
 
 
 def torch_batches(shard, batch_size: int, *, with_pairings: bool = False, stride: int = OFFICIAL_STRIDE,
-                  prefetch_batches: int = 2, drop_last: bool = True):
+                  prefetch_batches: int = 2, drop_last: bool = True, shuffle_buffer: int = 0,
+                  shuffle_seed: int | None = None):
     """Collated batches (dicts of CPU tensors) of a Ray DataIterator over prepared samples.
+
+    ``shuffle_buffer`` > 0 mixes that many scans in Ray Data's local shuffle buffer (seeded by
+    ``shuffle_seed``: pass a per-epoch seed so epochs differ and a rerun repeats them).
 
     ``collate`` runs on the Arrow batch inside Ray Data's ``iter_torch_batches``, in its prefetch
     threads, ``prefetch_batches`` batches ahead of the training loop."""
@@ -320,5 +329,7 @@ def torch_batches(shard, batch_size: int, *, with_pairings: bool = False, stride
         def __call__(self, table):
             return collate(table, with_pairings=with_pairings, stride=stride)
 
+    shuffle = {"local_shuffle_buffer_size": max(shuffle_buffer, batch_size),
+               "local_shuffle_seed": shuffle_seed} if shuffle_buffer > 0 else {}
     return shard.iter_torch_batches(batch_size=batch_size, collate_fn=_Collate(), device="cpu",
-                                    prefetch_batches=prefetch_batches, drop_last=drop_last)
+                                    prefetch_batches=prefetch_batches, drop_last=drop_last, **shuffle)

@@ -6,7 +6,7 @@ user's ``ScalingConfig`` / ``RunConfig`` (storage path local or ``s3://``, ``Che
 ``FailureConfig``) and the per-worker loop ``stage_loop`` does the rest the same way for all stages:
 
 - DDP via ``ray.train.torch.prepare_model`` after converting BatchNorm to SyncBatchNorm when there is
-  more than one GPU worker (afov-reference.md 2.5: SyncBN with more than one GPU; torch's SyncBN has
+  more than one GPU worker (docs/method.md "TMP training": SyncBN with more than one GPU; torch's SyncBN has
   no CPU implementation, so CPU workers keep per-worker BN statistics);
 - SGD with dampening + head group and the cosine schedule of ``afov_ray.train.optim``;
 - ``ray.train.report`` with a checkpoint at the end of every epoch and every ``checkpoint_every_steps``

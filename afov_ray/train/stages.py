@@ -45,7 +45,8 @@ class ModelConfig:
                                       "residual blocks as coded)", gt=0, max=1)
     init: str | None = option(None, "initial weights (shape-filtered): models:/name@alias, models:/name/version, "
                                     "runs:/..., a checkpoint folder / .pt file or s3:// URI")
-    tracking_uri: str | None = option(None, "MLflow tracking URI for models:/ init (default $MLFLOW_TRACKING_URI)")
+    tracking_uri: str | None = option(None, "MLflow tracking URI for a models:/ init (default: the job's "
+                                            "loop.tracking.tracking_uri, else $MLFLOW_TRACKING_URI)")
 
 
 def _init_lineage(cfg: ModelConfig) -> dict[str, str]:
@@ -73,8 +74,14 @@ def _spec(m: ModelConfig, ingest: IngestConfig, out_channels: int, task: str, no
     run_id = teacher_run.rstrip("/").rsplit("/", 1)[-1] if teacher_run else ""
     return ModelSpec(name=m.name, out_channels=out_channels, in_channels=m.in_channels, bn_momentum=m.bn_momentum,
                      normalize_features=normalize, task=task, class_names=class_names, grid=ingest.grid,
-                     voxel_size=ingest.voxel_size, dictionary=dictionary,
+                     voxel_size=ingest.voxel_size, intensity_offset=ingest.intensity_offset, dictionary=dictionary,
                      dataset="semantickitti" if dictionary == "kitti" else "nuscenes", teacher_run=run_id)
+
+
+def _shuffle(ingest: IngestConfig, epoch: int) -> dict:
+    """Training-batch shuffle settings of an epoch: a seed per (ingest seed, epoch), so epochs differ and a
+    rerun repeats them (within one worker's shard)."""
+    return {"shuffle_buffer": ingest.shuffle_buffer, "shuffle_seed": ingest.seed * 100_003 + epoch}
 
 
 def _build(spec: ModelSpec, engine: str):
@@ -150,7 +157,7 @@ class TMPStage(Stage):
 
     def batches(self, shard, batch_size, epoch):
         yield from torch_batches(shard, batch_size, with_pairings=True, stride=self.ingest.stride,
-                                 prefetch_batches=self.ingest.prefetch_batches)
+                                 prefetch_batches=self.ingest.prefetch_batches, **_shuffle(self.ingest, epoch))
 
     def loss(self, model, batch, device):
         feats = _forward(model, batch, device)
@@ -204,7 +211,8 @@ class SegStage(Stage):
         return _init_state(self.model_cfg)
 
     def batches(self, shard, batch_size, epoch):
-        yield from torch_batches(shard, batch_size, prefetch_batches=self.ingest.prefetch_batches)
+        yield from torch_batches(shard, batch_size, prefetch_batches=self.ingest.prefetch_batches,
+                                 **_shuffle(self.ingest, epoch))
 
     def loss(self, model, batch, device):
         logits = _forward(model, batch, device)

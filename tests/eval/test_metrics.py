@@ -1,4 +1,4 @@
-"""Confusion matrix / IoU conventions (afov-reference.md section 6.4) against brute force and
+"""Confusion matrix / IoU conventions (docs/method.md "Evaluation") against brute force and
 against nuscenes-devkit's lidarseg ConfusionMatrix."""
 
 from __future__ import annotations

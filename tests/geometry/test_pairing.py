@@ -1,4 +1,4 @@
-"""Pairing / pseudo-labels on a hand-built case (afov-reference.md 4.3-4.4)."""
+"""Pairing / pseudo-labels on a hand-built case (docs/method.md "Pairing and pseudo-labels")."""
 
 import numpy as np
 import pytest

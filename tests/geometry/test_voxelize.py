@@ -1,4 +1,4 @@
-"""Voxelisation (afov-reference.md section 5.1): hand-computed indices, label rules, index maps."""
+"""Voxelisation (docs/method.md "Voxelisation"): hand-computed indices, label rules, index maps."""
 
 import pytest
 import torch
