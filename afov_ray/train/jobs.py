@@ -134,7 +134,7 @@ def run_train_job(kind: str, cfg: TrainJob, callbacks: list | None = None, linea
     ``callbacks`` go to the Train ``RunConfig`` (a Tune trial passes ``TuneReportCallback``);
     ``lineage`` adds tags to the run and the registered model beside the stage's and the job's own."""
     validate(cfg)
-    as_given = to_dict(cfg)
+    as_given, given_lineage = to_dict(cfg), job_lineage(cfg)
     if cfg.model.tracking_uri is None and cfg.loop.tracking.tracking_uri:
         # one tracking store per job unless told otherwise: models:/ init resolves where the run is logged
         cfg = replace(cfg, model=replace(cfg.model, tracking_uri=cfg.loop.tracking.tracking_uri))
@@ -149,7 +149,7 @@ def run_train_job(kind: str, cfg: TrainJob, callbacks: list | None = None, linea
         datasets = build_datasets(cfg, with_pairings=False, train_target="pseudo" if kind == "distill" else "gt")
     steps = rows // max(cfg.loop.batch_size * cfg.scale.num_workers, 1) if rows else None
     return run_stage(stage, cfg.loop, cfg.scale, cfg.run, datasets, callbacks=callbacks,
-                     lineage={**job_lineage(cfg), **(lineage or {})}, job_config=as_given,
+                     lineage={**given_lineage, **(lineage or {})}, job_config=as_given,
                      init_state=init_state, steps_per_epoch=steps)
 
 

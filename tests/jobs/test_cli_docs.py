@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = {"tmp.py": "configs/nuscenes/tmp.yaml", "distill.py": "configs/nuscenes/distill.yaml",
                   "finetune.py": "configs/nuscenes/finetune.yaml", "sweep.py": "configs/nuscenes/sweep.yaml",
                   "demo.py": "configs/demo.yaml"}
+FROM_RUN_JOBS = {"tmp.py", "distill.py", "finetune.py"}   # jobs that take --from-run RUN_ID
 
 
 def test_every_key_has_help():
@@ -93,7 +94,8 @@ def test_documented_command_parses(where, command):
     args = [w for w in words[1:] if not w.startswith("$")]
     with contextlib.redirect_stdout(io.StringIO()):
         try:
-            parse_job_args(JOBS[script], "", args + ["--print-config"], default_config=DEFAULT_CONFIG.get(script))
+            parse_job_args(JOBS[script], "", args + ["--print-config"], default_config=DEFAULT_CONFIG.get(script),
+                           run_config=(lambda run_id, uri: {}) if script in FROM_RUN_JOBS else None)
         except ConfigError as e:
             pytest.fail(f"{where}: `{command}` does not parse: {e}")
         except SystemExit as e:
