@@ -2,8 +2,8 @@
 
 TMP (paper, *Method › Tri-Modal Contrastive Pre-training (TMP)*) trains the network's 768-d, L2-normalised
 per-voxel features to live in the 2D teacher's text-image space. The same features therefore answer text
-queries, as OpenScene (Peng et al., CVPR 2023, Sec. 3.3 "inference") and CLIP2Scene (Chen et al., CVPR 2023,
-"annotation-free segmentation") do with their 3D features:
+queries, as the 3D features of OpenScene (Peng et al., CVPR 2023, arXiv 2211.15654) and CLIP2Scene (Chen et al.,
+CVPR 2023, arXiv 2301.04926) do:
 
 - **zero-shot labels**: each point takes the text of the class dictionary its feature is most similar to
   (cosine: features and texts L2-normalised), mapped text -> category -> evaluation class exactly as the

@@ -229,8 +229,8 @@ def plot_camera_scores(image: np.ndarray, uv: np.ndarray, scores: np.ndarray, na
     plt = _plt()
     scores = np.atleast_2d(np.asarray(scores, np.float32))
     h, w = image.shape[:2]
-    rows, cols = _score_grid(len(scores), 2)
-    fig, axes = plt.subplots(rows, cols, figsize=(8 * cols, (8 * h / max(w, 1) + 0.6) * rows), squeeze=False)
+    rows, cols = _score_grid(len(scores), 3)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, (6 * h / max(w, 1) + 0.6) * rows), squeeze=False)
     sc = None
     for i, ax in enumerate(axes.ravel()):
         ax.axis("off")
