@@ -21,11 +21,14 @@ import numpy as np
 
 from afov_ray.datasets.sweeps import table_to_keyframes
 from afov_ray.geometry.projection import Projection, project_points
+from afov_ray.log import get_logger
 from afov_ray.storage import shards as S
 from afov_ray.storage import uri as U
 from afov_ray.viz.palette import class_colors
 from afov_ray.viz.ply import write_ply
 from afov_ray.viz.viewer import LayerSpec, ViewerPage, write_index_html, write_scan_html
+
+log = get_logger(__name__)
 
 INDEX_NAME = "index.html"
 
@@ -96,14 +99,22 @@ def write_views(rows: Iterable[dict], out_dir: str | Path, max_scans: int,
     for row in rows:
         if len(pages) >= max_scans:
             break
-        layers = layers_of(row)
-        if not layers:
+        xyz = row_xyz(row)
+        if len(xyz) != int(row["num_points"]):
+            continue    # a scan whose columns do not fit (evaluate names it among its errors)
+        try:
+            tag = scan_tag(row)
+            layers = layers_of(row)
+            if not layers:
+                continue
+            page = write_scan_html(out / f"{tag}.html", xyz, layers, title=f"{row['scene']} / {row['sample_token']}",
+                                   dataset=dataset, class_names=class_names, palette=palette)
+            colors, scalars = ply_of(row)
+            plys.append(write_ply(out / f"{tag}.ply", xyz, colors=colors, scalars=scalars, comments=list(comments)))
+        except ValueError as e:     # labels outside the class list, lengths that do not match: not drawn
+            log.warning("viewer: %s/%s not drawn: %s", row["scene"], row["sample_token"], e)
             continue
-        xyz, tag = row_xyz(row), scan_tag(row)
-        pages.append(write_scan_html(out / f"{tag}.html", xyz, layers, title=f"{row['scene']} / {row['sample_token']}",
-                                     dataset=dataset, class_names=class_names, palette=palette))
-        colors, scalars = ply_of(row)
-        plys.append(write_ply(out / f"{tag}.ply", xyz, colors=colors, scalars=scalars, comments=list(comments)))
+        pages.append(page)
     index = write_index_html(out / INDEX_NAME, pages, title=title) if pages else None
     return Views(pages, plys, index)
 
