@@ -53,21 +53,39 @@ def resolve_preset(path: str | None) -> str | None:
     return str(alt) if alt.exists() else path
 
 
-def build_parser(cls, description: str, default_config: str | None = None) -> argparse.ArgumentParser:
+def build_parser(cls, description: str, default_config: str | None = None,
+                 from_run: bool = False) -> argparse.ArgumentParser:
     epilog = "config keys (override with key=value; nested keys with dots):\n" + "\n".join(describe_config(cls))
     p = argparse.ArgumentParser(description=description, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=default_config, help="YAML preset (default: %(default)s)")
+    p.add_argument("--config", default=None, help=f"YAML preset (default: {default_config})")
+    if from_run:
+        p.add_argument("--from-run", metavar="RUN_ID", default=None,
+                       help="start from the resolved config stored with this MLflow run (its config.yaml) instead "
+                            "of the default preset; --config and key=value still apply on top")
+        p.add_argument("--tracking-uri", default=None,
+                       help="MLflow tracking URI holding --from-run (default: $MLFLOW_TRACKING_URI, else "
+                            "outputs/mlflow.db)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. loop.num_epochs=2")
     return p
 
 
-def parse_job_args(cls, description: str, argv: list[str] | None = None, default_config: str | None = None):
+def parse_job_args(cls, description: str, argv: list[str] | None = None, default_config: str | None = None,
+                   run_config: Callable[[str, str | None], dict] | None = None):
     """Parse ``--config`` / overrides into an instance of ``cls``; returns (cfg, argparse namespace).
+
+    ``run_config(run_id, tracking_uri)``: where given, the job takes ``--from-run RUN_ID``: the config
+    it returns replaces the default preset as the base (an explicit ``--config`` and overrides apply on top).
     Raises ConfigError (one line) on a bad key or value; exits after ``--print-config``."""
-    ns = build_parser(cls, description, default_config).parse_args(argv)
-    cfg = load_config(cls, resolve_preset(ns.config), ns.overrides)
+    ns = build_parser(cls, description, default_config, from_run=run_config is not None).parse_args(argv)
+    base = None
+    preset = ns.config
+    if getattr(ns, "from_run", None):
+        base = run_config(ns.from_run, ns.tracking_uri)
+    elif preset is None:
+        preset = default_config
+    cfg = load_config(cls, resolve_preset(preset), ns.overrides, base=base)
     if ns.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         raise SystemExit(0)
@@ -75,11 +93,12 @@ def parse_job_args(cls, description: str, argv: list[str] | None = None, default
 
 
 def run_job(cls, body: Callable[[Any], int | None], description: str, argv: list[str] | None = None,
-            default_config: str | None = None) -> int:
-    """The whole ``main()`` of a job: logging, parsing, the body, one-line errors, the exit code."""
+            default_config: str | None = None, run_config: Callable[[str, str | None], dict] | None = None) -> int:
+    """The whole ``main()`` of a job: logging, parsing, the body, one-line errors, the exit code
+    (``run_config``: see ``parse_job_args``)."""
     setup_logging()
     try:
-        cfg, _ = parse_job_args(cls, description, argv, default_config)
+        cfg, _ = parse_job_args(cls, description, argv, default_config, run_config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,7 +13,10 @@ class DataError(AfovError):
     def __init__(self, item: str, message: str):
         self.item = item
         self.message = message
-        super().__init__(f"{item}: {message}")
+        super().__init__(item, message)   # args = (item, message): pickles and copies across Ray processes
+
+    def __str__(self) -> str:
+        return f"{self.item}: {self.message}"
 
 
 class EngineNotInstalled(AfovError, ImportError):

@@ -7,6 +7,9 @@ is gone; without it, the cleaner of an earlier fit in the same session can remov
 of a later fit and kill its workers (seen when several fits run in one process: demo, quality benchmark,
 sweeps).
 
+A local Ray also gets a watcher process (``afov_ray.reaper``): if this driver is killed, the Ray processes it
+started (Ray's agents survive a killed driver) are ended too.
+
 ``require_resources`` checks a request (e.g. 4 Train workers x 1 CPU) against what the cluster has, so
 an infeasible request is a one-line ``ConfigError`` naming the keys instead of a job that waits forever.
 """
@@ -19,6 +22,7 @@ from typing import Any
 
 from afov_ray.config import ConfigError, option
 from afov_ray.log import get_logger, redact_uri
+from afov_ray.reaper import start_watcher
 
 log = get_logger(__name__)
 
@@ -39,7 +43,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
         kwargs.setdefault("dashboard_host", "127.0.0.1")
         ray.init(num_cpus=num_cpus, **kwargs)
         log.info("started a local Ray (%s CPUs)", int(ray.cluster_resources().get("CPU", 0)))
+        start_watcher(_session_dir())   # a killed driver leaves no Ray process behind (afov_ray.reaper)
     return ray
+
+
+def _session_dir() -> str:
+    try:
+        import ray._private.worker as w
+
+        return str(w._global_node.get_session_dir_path())
+    except Exception:  # noqa: BLE001 - private API moved: no watcher
+        return ""
 
 
 def cluster_resources() -> dict[str, float]:

@@ -37,8 +37,7 @@ import numpy as np
 import torch
 
 from afov_ray.afi import AFIConfig, afi_refine
-from afov_ray.eval import (ConfusionAccumulator, confusion_matrix, iou_per_class, micro_iou, miou,
-                           point_accuracy)
+from afov_ray.eval import ConfusionAccumulator, confusion_matrix, iou_per_class, micro_iou, miou, point_accuracy
 from tests.afi.real_scans import afi_config_for, load_nuscenes, load_semantickitti
 from tests.afi.scene import flip_labels, lidar_scene
 

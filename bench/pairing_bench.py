@@ -31,11 +31,11 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from afov_ray.pipeline.prepare import prepare_dataset
     from afov_ray.datasets.synth.config import SynthConfig
     from afov_ray.datasets.synth.nuscenes_writer import generate_nuscenes
-    from afov_ray.pipeline.pair import PairPassConfig, pair_scene
     from afov_ray.geometry.pairing import PairingConfig
+    from afov_ray.pipeline.pair import PairPassConfig, pair_scene
+    from afov_ray.pipeline.prepare import prepare_dataset
     from afov_ray.pipeline.teacher import TeacherPassConfig, run_teacher_pass
 
     with tempfile.TemporaryDirectory() as td:

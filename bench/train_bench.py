@@ -11,13 +11,39 @@ shards (run the demo first) and prints, per fit: scans/s per worker over the epo
 reported by the training loop (time blocked on the Ray Data iterator / epoch time). Fits after the first
 also print their speed ratio against the first (the baseline), run in the same process.
 Device: CPU here unless --gpu is given.
+
+``--baseline-rev REV`` first runs this benchmark on the code of git revision REV (``git archive``d into a
+temporary folder, in a subprocess with the same arguments) on the same shards, so the data-wait fraction
+and scans/s before and after a change are measured in one invocation on the same machine, e.g.
+``--baseline-rev e52e765`` (the ingest before issue 22). Every epoch is reported (all checkpoints kept).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
+
+
+def run_baseline(rev: str, argv: list[str]) -> None:
+    """Run this benchmark with ``argv`` on the code of git revision ``rev`` (``git archive`` into a temporary
+    folder first on PYTHONPATH, for the driver and the Ray workers it starts); output prefixed."""
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as td:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", td], input=archive, check=True)
+        env = {**os.environ, "PYTHONPATH": td}
+        abs_argv = [str(Path(a).absolute()) if os.path.exists(a) else a for a in argv]
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *abs_argv], cwd=td,
+                              env=env, capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+        print(f"[baseline {rev}] {line}", flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"baseline run at {rev} failed:\n{proc.stderr[-3000:]}")
 
 
 def main() -> None:
@@ -34,13 +60,23 @@ def main() -> None:
     ap.add_argument("--voxel-size", type=float, default=0.1)
     ap.add_argument("--threads", default="none", help="comma-separated scale.torch_threads values; first = baseline")
     ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--baseline-rev", default=None, help="also run this benchmark at that git revision first")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import tempfile
+    if args.baseline_rev:
+        argv, skip = [], False
+        for a in sys.argv[1:]:
+            if skip or a.startswith("--baseline-rev"):
+                skip = a == "--baseline-rev"
+                continue
+            argv.append(a)
+        run_baseline(args.baseline_rev, argv)
 
+    import afov_ray
     from afov_ray.config import load_config
     from afov_ray.train.jobs import TrainJob, run_train_job
 
+    print(f"code: {Path(afov_ray.__file__).parent}")
     print(f"device: {'GPU' if args.gpu else 'CPU'} ({os.cpu_count()} cores); kind {args.kind}; model {args.model} "
           f"on engine {args.engine}; voxel {args.voxel_size} m; {args.workers} worker(s), batch {args.batch_size}")
     base = None
@@ -53,7 +89,7 @@ def main() -> None:
                 f"scale.num_workers={args.workers}", f"scale.use_gpu={str(args.gpu).lower()}",
                 f"scale.torch_threads={'null' if threads == 'none' else threads}", f"ingest.voxel_size={args.voxel_size}",
                 f"run.storage_path={td}", "run.name=bench", f"tmp.teacher_run={args.teacher_run}",
-                "loop.optim.lr_head=null"])
+                "loop.optim.lr_head=null", "run.num_to_keep=null"])
             t0 = time.perf_counter()
             res = run_train_job(args.kind, cfg)
             wall = time.perf_counter() - t0
@@ -70,7 +106,8 @@ def main() -> None:
         base = rate if base is None else base
         print(f"torch_threads={threads} (worker used {rows[-1].get('train/torch_threads', '?')}): {steps} steps, "
               f"scans/s per worker {rate:.3f} over epochs ({epoch_s:.1f} s), {scans / wall:.3f} over the fit "
-              f"({wall:.1f} s with start-up); data-wait fraction {', '.join(f'{w:.3f}' for w in wait)}{ratio}",
+              f"({wall:.1f} s with start-up); data-wait fraction {', '.join(f'{w:.3f}' for w in wait)}"
+              f"{f' (mean after the first epoch {sum(wait[1:]) / len(wait[1:]):.3f})' if len(wait) > 1 else ''}{ratio}",
               flush=True)
 
 

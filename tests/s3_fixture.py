@@ -9,7 +9,7 @@ or ``from tests.s3_fixture import s3_server, s3_bucket  # noqa: F401``.
   Start Ray only after it, so Ray workers inherit the environment.
 - ``s3_bucket`` (function): a fresh empty bucket; yields ``"s3://<bucket>"``.
 
-See install-notes.md "S3 endpoint for tests".
+A moto server on 127.0.0.1 (docs/install.md "Running the tests").
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from afov_ray.afi import native
 
 _TIE_REL = 1e-9   # candidates closer than this (relative) to the k-th distance count as a tie
 
+
 def _sq_dist_np(q: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Exact squared distances, broadcast over q (..., 3) and r (..., 3): (dx*dx + dy*dy) + dz*dz."""
     dx = r[..., 0] - q[..., 0]
@@ -36,11 +37,13 @@ def _sq_dist_np(q: np.ndarray, r: np.ndarray) -> np.ndarray:
     dz = r[..., 2] - q[..., 2]
     return (dx * dx + dy * dy) + dz * dz
 
+
 def _sq_dist_torch(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     dx = r[..., 0] - q[..., 0]
     dy = r[..., 1] - q[..., 1]
     dz = r[..., 2] - q[..., 2]
     return (dx * dx + dy * dy) + dz * dz
+
 
 def _rank_rows_np(d: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
     """Per row, the k candidates with the smallest (d, idx), in that order."""
@@ -49,6 +52,7 @@ def _rank_rows_np(d: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
     o2 = np.argsort(d1, axis=1, kind="stable")
     return np.take_along_axis(np.take_along_axis(idx, o1, 1), o2, 1)[:, :k]
 
+
 def _brute_rows_np(q: np.ndarray, r: np.ndarray, k: int, chunk: int) -> np.ndarray:
     out = np.empty((q.shape[0], k), dtype=np.int64)
     step = max(1, chunk // max(1, r.shape[0]))
@@ -56,6 +60,7 @@ def _brute_rows_np(q: np.ndarray, r: np.ndarray, k: int, chunk: int) -> np.ndarr
         d = _sq_dist_np(q[a:a + step, None, :], r[None, :, :])
         out[a:a + step] = np.argsort(d, axis=1, kind="stable")[:, :k]
     return out
+
 
 def knn_numpy(query: np.ndarray, ref: np.ndarray, k: int, chunk_elems: int = 1 << 22) -> np.ndarray:
     """CPU path: (M, 3), (N, 3) float64 -> (M, k) int64, exact (module doc); needs k <= N."""
@@ -89,6 +94,7 @@ def knn_numpy(query: np.ndarray, ref: np.ndarray, k: int, chunk_elems: int = 1 <
             out[redo] = _brute_rows_np(q[redo], r, k, chunk_elems)
     return np.ascontiguousarray(out)
 
+
 def knn_torch(query: torch.Tensor, ref: torch.Tensor, k: int, chunk_elems: int = 1 << 22) -> torch.Tensor:
     """Any-device path: brute force in float64 chunks with topk; same result as ``knn_numpy``."""
     q = query.to(torch.float64)
@@ -114,8 +120,10 @@ def knn_torch(query: torch.Tensor, ref: torch.Tensor, k: int, chunk_elems: int =
         out[a:a + step] = sel
     return out
 
+
 _OWNER_CANDIDATES = 25      # the owner and its 24 nearest reference points
 _OWNER_MIN_QUERIES = 8192   # below this many queries the plain tree is as fast
+
 
 def knn_owner_numpy(query: np.ndarray, ref: np.ndarray, k: int, owner: np.ndarray,
                     chunk_elems: int = 1 << 22, min_queries: int = _OWNER_MIN_QUERIES) -> np.ndarray | None:
@@ -147,12 +155,14 @@ def knn_owner_numpy(query: np.ndarray, ref: np.ndarray, k: int, owner: np.ndarra
         out[bad] = knn_numpy(q[bad], r, k, chunk_elems)
     return out
 
+
 def auto_method(device_type: str, has_owner: bool) -> str:
     """The kNN implementation "auto" picks: brute force off the CPU, else the owner path when
     owners are given (it falls back to the tree by itself), else the tree."""
     if device_type != "cpu":
         return "brute"
     return "owner" if has_owner else "tree"
+
 
 def knn(query: torch.Tensor, ref: torch.Tensor, k: int, chunk_elems: int = 1 << 22,
         method: str = "auto", owner: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""SemanticKITTI reader and KITTI calibration files (afov-reference.md sections 3, 5.1, 6.1).
+"""SemanticKITTI reader and KITTI calibration files.
+
+docs/method.md "SemanticKITTI dictionary", "Voxelisation" and "One-percent splits".
 
 Layout: ``root/sequences/<seq>/{velodyne/<frame>.bin (float32 x4), labels/<frame>.label (uint32,
 low 16 bits = semantic class), calib.txt (P0..P3, Tr as 3x4), image_2/<frame>.png}``.

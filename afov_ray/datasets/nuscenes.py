@@ -1,4 +1,4 @@
-"""nuScenes reader on top of the real nuscenes-devkit (afov-reference.md sections 4.3, 5.1).
+"""nuScenes reader on top of the real nuscenes-devkit (docs/method.md "Projection", "Voxelisation").
 
 One keyframe = the keyframe ``LIDAR_TOP`` sweep of a sample (x, y, z, intensity; the ring column
 kept separately), its lidarseg labels when the ``lidarseg`` table exists, and the 6 cameras of the

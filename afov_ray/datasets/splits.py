@@ -1,4 +1,4 @@
-"""Dataset splits: official nuScenes train/val and the pinned 1 % rules (afov-reference.md 5.1, 6.1).
+"""Dataset splits: official nuScenes train/val and the pinned 1 % rules (docs/method.md "One-percent splits").
 
 * nuScenes (scene level): iterate ``nusc.scene`` in TABLE order, count (1-based) only the scenes of
   the phase split, keep a scene when ``counter % skip_step == 0`` (skip_step = 100 -> the 100th,
@@ -63,7 +63,7 @@ def nuscenes_skip_scenes(
     skip_step: int = 100,
     min_scenes: int = 0,
 ) -> tuple[list[str], dict[str, Any]]:
-    """The 1 % scene rule of afov-reference.md 6.1.
+    """The 1 % scene rule (docs/method.md "One-percent splits").
 
     ``table_scenes``: all scene names in ``nusc.scene`` order; ``split_scenes``: the phase split.
     Returns (selected scene names in table order, rule record). ``skip_step <= 1`` keeps all.
@@ -115,7 +115,7 @@ def make_nuscenes_splits(
 
 def standard_nuscenes_splits(reader: Any, skip_step: int = 100, min_1pct_scenes: int = 0) -> dict[str, Split]:
     """The splits every job uses: "train" (all train scenes), "val", and "train_1pct" (the pinned
-    1 % rule of afov-reference.md 6.1; on small data it selects nothing unless ``min_1pct_scenes`` is
+    1 % rule (docs/method.md "One-percent splits"); on small data it selects nothing unless ``min_1pct_scenes`` is
     set, and the rule record says how many scenes were added)."""
     full = make_nuscenes_splits(reader, ("train", "val"), skip_step=1)
     one = make_nuscenes_splits(reader, ("train",), skip_step=skip_step, min_scenes=min_1pct_scenes)["train"]

@@ -7,7 +7,7 @@ the pseudo-labels on it however long it trains; this table shows that before any
 
 Per split (keyframes of a split file; keyframes in no split count as "other"), over points with a
 pseudo-label (``pseudo > 0``, i.e. seen by a camera with a teacher label) and a ground-truth label
-(``labels > 0``): the confusion matrix H[gt, pseudo] of the pairing shards (afov-reference.md 6.4
+(``labels > 0``): the confusion matrix H[gt, pseudo] of the pairing shards (docs/method.md "Evaluation"
 conventions for the per-class IoU; section 4 for how the pseudo-labels are made).
 """
 

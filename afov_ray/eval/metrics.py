@@ -1,4 +1,4 @@
-"""Segmentation metrics as the official code scores them (afov-reference.md section 6.4).
+"""Segmentation metrics as the official code scores them (docs/method.md "Evaluation").
 
 One dataset-level confusion matrix H[gt, pred] (int64, accumulated with bincount over all points
 of all scans), then per-class IoU with the official conventions:

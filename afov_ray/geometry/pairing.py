@@ -1,6 +1,6 @@
 """Superpixel-superpoint pairing and per-point pseudo-labels.
 
-afov-reference.md sections 2.1, 2.3 and 4.3-4.4. Per keyframe, every LiDAR point is projected into
+docs/method.md "Pairing and pseudo-labels" and "TMP data". Per keyframe, every LiDAR point is projected into
 each camera (depth > 1 m, strict bounds, pixel = (round(v), round(u))). Each projection that lands on
 a teacher mask is a *pairing* (point, camera, pixel, mask id). Superpixel ids are global per keyframe:
 ``camera_index * stride + mask_id`` (stride 150 officially; masks must stay below it).
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 
 from afov_ray.config import option
 from afov_ray.errors import DataError
@@ -225,3 +226,20 @@ def coverage_stats(pseudo_eval: np.ndarray, gt: np.ndarray | None, num_classes: 
         out["per_class_labelled"] = np.bincount(gt[lab & (gt > 0)], minlength=num_classes).tolist()
         out["per_class_agree"] = np.bincount(gt[agree], minlength=num_classes).tolist()
     return out
+
+
+# version of the pairing-shard table layout (checked by readers through the shard manifest)
+PAIRING_SCHEMA_VERSION = 1
+
+
+def pairing_schema():
+    """Arrow schema of a pairing shard: one row per keyframe (scan, labels, pseudo-labels, pairings, superpixel
+    features as float16 bytes)."""
+    return pa.schema([
+        ("sample_token", pa.string()), ("scene", pa.string()), ("timestamp", pa.int64()),
+        ("num_points", pa.int32()), ("points", pa.list_(pa.float32())), ("labels", pa.list_(pa.uint8())),
+        ("pseudo", pa.list_(pa.uint8())), ("pseudo_code", pa.list_(pa.int32())),
+        ("superpoint", pa.list_(pa.int32())), ("pair_point", pa.list_(pa.int32())),
+        ("pair_superpixel", pa.list_(pa.int32())), ("sp_id", pa.list_(pa.int32())),
+        ("sp_text", pa.list_(pa.int32())), ("sp_feat", pa.binary()), ("feat_dim", pa.int32()),
+    ], metadata={b"afov.pairing_schema": str(PAIRING_SCHEMA_VERSION).encode()})

@@ -1,4 +1,4 @@
-"""LiDAR -> camera projection (afov-reference.md section 4.3).
+"""LiDAR -> camera projection (docs/method.md "Projection").
 
 The nuScenes chain lidar -> ego(lidar time) -> global -> ego(camera time) -> camera is folded into
 one 4x4 matrix by :func:`lidar_to_cam_matrix`; :func:`project_points` then applies it with the
@@ -91,7 +91,7 @@ def lidar_to_cam_matrix(
     cam_pose: Mapping[str, Any],
     cam_cs: Mapping[str, Any],
 ) -> np.ndarray:
-    """Whole nuScenes chain as one (4,4) float64 matrix (afov-reference.md 4.3 steps 1-4):
+    """Whole nuScenes chain as one (4,4) float64 matrix (docs/method.md "Projection", steps 1-4):
 
     ``cam_cs^-1 @ cam_pose^-1 @ lidar_pose @ lidar_cs``, each a ``calibrated_sensor`` or
     ``ego_pose`` record (translation + rotation quaternion w, x, y, z).
@@ -138,7 +138,7 @@ def project_points(
     bounds: str = "afov",
     margin: float = 0.0,
 ) -> Projection:
-    """Project LiDAR-frame points (N,3) into an image (afov-reference.md 4.3 step 5).
+    """Project LiDAR-frame points (N,3) into an image (docs/method.md "Projection", step 5).
 
     A point is kept iff ``depth > min_depth`` and ``lo + margin < u < W-1-margin`` and
     ``lo + margin < v < H-1-margin`` with ``lo = 0`` for ``bounds="afov"`` (official AFOV code) and

@@ -1,4 +1,4 @@
-"""Voxelisation of LiDAR scans (afov-reference.md section 5.1).
+"""Voxelisation of LiDAR scans (docs/method.md "Voxelisation").
 
 Official behaviour (MinkowskiEngine ``sparse_quantize``): integer grid = ``floor`` of the scaled
 coordinates, computed in float32 as the official loader does; the *first* point of each voxel (in point
@@ -11,6 +11,11 @@ phi_bin_deg, z / voxel_size)`` i.e. 0.1 m x 1 degree x 0.1 m bins. Cartesian gri
 Voxel target: ``label_mode="first"`` is the official rule (label of the representative point);
 ``"majority"`` (default here) is a vote over the voxel's points whose label is not ``ignore_label``
 (ties: smallest label), ``ignore_label`` only when every point is ignored.
+
+Implementation: each point's grid cell is packed into one int64 key (``pack_keys``: every axis offset
+to non-negative, mixed radix), and the voxels come from a 1-D sort of the keys (``unique_first_keys``),
+a few milliseconds per 34k-point scan where a row-wise ``unique(dim=0)`` takes tens. Coordinates whose
+ranges cannot share one int64 key raise ``ValueError`` instead of colliding.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 GRIDS = ("cylindrical", "cartesian")
 FEATURES = ("intensity", "ones", "xyz_intensity")
 LABEL_MODES = ("majority", "first")
+
+_INT64_MAX = 2**63 - 1
 
 
 @dataclasses.dataclass
@@ -47,9 +55,12 @@ class Voxels:
     point_offsets: torch.Tensor
 
 
-def grid_coordinates(points: torch.Tensor, grid: str = "cylindrical", voxel_size: float = 0.1,
-                     phi_bin_deg: float = 1.0) -> torch.Tensor:
-    """(N, 3) int32 grid indices of points (N, >=3), float32 arithmetic as in the official loader."""
+def _grid_axes(points: torch.Tensor, grid: str, voxel_size: float, phi_bin_deg: float) -> list[torch.Tensor]:
+    """The three (N,) int32 grid axes of points (N, >=3), float32 arithmetic as in the official loader.
+
+    The float expressions (and the strided column views they run on: torch's strided and contiguous
+    ``atan2`` kernels differ in the last bit) are those the grid has always been computed with; floor
+    and the int32 cast are exact per element, so per-axis results equal the stacked (N, 3) form."""
     if grid not in GRIDS:
         raise ValueError(f"grid: expected one of {GRIDS}, got {grid!r}")
     if points.dim() != 2 or points.shape[1] < 3:
@@ -57,47 +68,151 @@ def grid_coordinates(points: torch.Tensor, grid: str = "cylindrical", voxel_size
     p = points[:, :3].to(torch.float32)
     if grid == "cartesian":
         scaled = p / voxel_size
+        axes = [scaled[:, 0], scaled[:, 1], scaled[:, 2]]
     else:
         x, y, z = p.T
         rho = torch.sqrt(x**2 + y**2) / voxel_size
-        phi = torch.atan2(y, x) * 180 / math.pi
-        if phi_bin_deg != 1.0:
-            phi = phi / phi_bin_deg
-        scaled = torch.stack([rho, phi, z / voxel_size], dim=1)
-    return torch.floor(scaled).to(torch.int32)
+        axes = [rho, _phi_bins(p, phi_bin_deg), z / voxel_size]
+    return [torch.floor(a).to(torch.int32) for a in axes]
+
+
+def _phi_scaled(x: torch.Tensor, y: torch.Tensor, phi_bin_deg: float) -> torch.Tensor:
+    phi = torch.atan2(y, x) * 180 / math.pi
+    return phi / phi_bin_deg if phi_bin_deg != 1.0 else phi
+
+
+def _phi_bins(p: torch.Tensor, phi_bin_deg: float) -> torch.Tensor:
+    """``atan2(y, x)`` in degrees / ``phi_bin_deg`` for the (N, 3) float32 view ``p``, whose floor equals
+    that of the strided-column computation bit for bit.
+
+    On strided columns torch runs its scalar ``atan2`` (libm) on every element; on contiguous ones its
+    vectorised kernel, several times faster and within 3 ulp of it (measured on real and random scans).
+    The fast values decide every bin except within 1e-5 x the largest possible value (180 / phi_bin_deg,
+    some 40x the 3-ulp error there) of a bin edge, or where not finite: those few points (~0.4 %) are
+    recomputed on strided columns, so every value's floor is the one the scalar kernel gives."""
+    x, y = p[:, 0], p[:, 1]
+    if x.is_contiguous() and y.is_contiguous():  # column-major points: that is the reference computation
+        return _phi_scaled(x, y, phi_bin_deg)
+    fast = _phi_scaled(x.contiguous(), y.contiguous(), phi_bin_deg)
+    tol = 1e-5 * max(180.0 / phi_bin_deg, 1.0)
+    redo = torch.logical_not((fast - torch.round(fast)).abs() > tol).nonzero().squeeze(1)  # NaN -> redo
+    if len(redo):
+        sub = p.index_select(0, redo)  # (m, 3): its columns are strided views, as in the full computation
+        fast[redo] = _phi_scaled(sub[:, 0], sub[:, 1], phi_bin_deg)
+    return fast
+
+
+def grid_coordinates(points: torch.Tensor, grid: str = "cylindrical", voxel_size: float = 0.1,
+                     phi_bin_deg: float = 1.0) -> torch.Tensor:
+    """(N, 3) int32 grid indices of points (N, >=3), float32 arithmetic as in the official loader."""
+    return torch.stack(_grid_axes(points, grid, voxel_size, phi_bin_deg), dim=1)
+
+
+def pack_keys(axes: Sequence[np.ndarray]) -> np.ndarray:
+    """One int64 key per point from D integer axes (each (N,)): axis d is offset by its minimum and the
+    offsets are combined in mixed radix (axis 0 most significant), so equal keys <=> equal cells.
+
+    Raises ValueError naming the per-axis ranges when their product does not fit in an int64."""
+    n = len(axes[0]) if len(axes) else 0
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo = [int(a.min()) for a in axes]
+    spans = [int(a.max()) - low + 1 for a, low in zip(axes, lo)]
+    if math.prod(spans) - 1 > _INT64_MAX:
+        ranges = ", ".join(f"[{low}, {low + s - 1}]" for low, s in zip(lo, spans))
+        raise ValueError(f"voxel coordinates: axis ranges {ranges} (extents {spans}, {math.prod(spans)} cells) "
+                         f"exceed the 2**63 cells one int64 voxel key can address")
+    key = axes[0].astype(np.int64)
+    key -= lo[0]
+    for a, low, span in zip(axes[1:], lo[1:], spans[1:]):
+        key *= span
+        key += a.astype(np.int64) - low  # in int64: an int32 difference can overflow
+    return key
+
+
+def _stable_order(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, sorted keys): a stable argsort of ``key`` (ties keep point order).
+
+    When the point index fits below the key in one int64 (all real scans), sorting the values
+    ``key << b | index`` is a faster stable argsort than numpy's merge sort."""
+    n = len(key)
+    bits = max(int(n - 1).bit_length(), 1)
+    if int(key.max()) <= _INT64_MAX >> bits:
+        comp = key << bits
+        comp |= np.arange(n, dtype=np.int64)
+        comp.sort()
+        return comp & ((1 << bits) - 1), comp >> bits
+    order = np.argsort(key, kind="stable")
+    return order, key[order]
+
+
+def unique_first_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indexes, inverse) int64 of the distinct values of a 1-D int64 ``key``: ``indexes`` = first
+    position of each distinct value, ascending (values ordered by first occurrence); ``inverse`` = the
+    rank of each position's value in that order."""
+    n = len(key)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    order, sk = _stable_order(key)
+    start = np.empty(n, dtype=bool)
+    start[0] = True
+    np.not_equal(sk[1:], sk[:-1], out=start[1:])
+    starts = np.flatnonzero(start)             # run of each distinct value in the sorted keys
+    first = order[starts]                      # its first point (the sort is stable)
+    is_first = np.zeros(n, dtype=bool)
+    is_first[first] = True
+    indexes = np.flatnonzero(is_first)         # first points ascending = voxel order
+    slot = np.empty(n, dtype=np.int64)
+    slot[indexes] = np.arange(len(indexes))
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.repeat(slot[first], np.diff(starts, append=n))
+    return indexes, inverse
 
 
 def unique_first(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(indexes, inverse) of unique rows of int ``coords`` (N, D), voxels ordered by first point."""
-    n = coords.shape[0]
-    if n == 0:
-        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
-    _, inv_sorted = torch.unique(coords.to(torch.int64), dim=0, return_inverse=True)
-    n_vox = int(inv_sorted.max()) + 1
-    first = torch.full((n_vox,), n, dtype=torch.int64)
-    first.scatter_reduce_(0, inv_sorted, torch.arange(n), reduce="amin")
-    order = torch.argsort(first)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(n_vox)
-    return first[order], rank[inv_sorted]
+    coords = torch.as_tensor(coords)
+    c = coords.cpu().numpy()
+    if c.shape[0] == 0:
+        idx = inv = np.zeros(0, dtype=np.int64)
+    else:
+        idx, inv = unique_first_keys(pack_keys([c[:, d] for d in range(c.shape[1])]))
+    return torch.from_numpy(idx).to(coords.device), torch.from_numpy(inv).to(coords.device)
+
+
+def _vote(labels: np.ndarray, inverse: np.ndarray, n_vox: int, n_lab: int, ignore_label: int) -> np.ndarray:
+    """Majority of labels in [0, n_lab) per voxel (``ignore_label`` not counted), ignore_label if none."""
+    # score = count * n_lab + (n_lab - 1 - label): its per-voxel maximum is the most frequent label, the
+    # smallest one on ties; a score below n_lab means no counted point (int32 while it cannot overflow)
+    dt = np.int32 if (len(labels) + 1) * n_lab < 2**31 else np.int64
+    score = np.bincount(labels * n_vox + inverse, minlength=n_vox * n_lab).reshape(n_lab, n_vox).astype(dt)
+    if 0 <= ignore_label < n_lab:
+        score[ignore_label] = 0
+    score *= n_lab
+    score += (n_lab - 1 - np.arange(n_lab, dtype=dt))[:, None]
+    best = score.max(axis=0)
+    return np.where(best >= n_lab, n_lab - 1 - best % n_lab, ignore_label).astype(np.int64)
+
+
+def _majority(labels: np.ndarray, inverse: np.ndarray, n_vox: int, ignore_label: int) -> np.ndarray:
+    labels = np.asarray(labels).astype(np.int64, copy=False)
+    inverse = np.asarray(inverse)
+    if ignore_label == 0 and len(labels) and labels.min() >= 0:
+        # every label is a row of the vote table; the ignore row is cleared (no filtering pass)
+        return _vote(labels, inverse, n_vox, int(labels.max()) + 1, ignore_label)
+    keep = labels != ignore_label
+    if not keep.any():
+        return np.full(n_vox, ignore_label, dtype=np.int64)
+    lab, vox = labels[keep], inverse[keep]
+    if int(lab.min()) < 0:
+        raise ValueError("labels: negative labels are not supported")
+    return _vote(lab, vox, n_vox, int(lab.max()) + 1, ignore_label)
 
 
 def majority_labels(labels: torch.Tensor, inverse: torch.Tensor, n_vox: int, ignore_label: int = 0) -> torch.Tensor:
     """Per-voxel majority over non-ignored point labels; ties -> smallest label; all ignored -> ignore."""
-    labels = labels.to(torch.int64)
-    keep = labels != ignore_label
-    out = torch.full((n_vox,), ignore_label, dtype=torch.int64)
-    if not bool(keep.any()):
-        return out
-    lab, vox = labels[keep], inverse[keep]
-    if int(lab.min()) < 0:
-        raise ValueError("labels: negative labels are not supported")
-    n_lab = int(lab.max()) + 1
-    counts = torch.bincount(vox * n_lab + lab, minlength=n_vox * n_lab).view(n_vox, n_lab)
-    best = counts.argmax(dim=1)  # first maximum = smallest label on ties
-    has = counts.max(dim=1).values > 0
-    out[has] = best[has]
-    return out
+    return torch.from_numpy(_majority(torch.as_tensor(labels).numpy(), torch.as_tensor(inverse).numpy(),
+                                      n_vox, ignore_label))
 
 
 def _features(points: torch.Tensor, feature: str, intensity_offset: float) -> torch.Tensor:
@@ -116,27 +231,30 @@ def _features(points: torch.Tensor, feature: str, intensity_offset: float) -> to
 def voxelize(points: torch.Tensor, labels: torch.Tensor | None = None, *, grid: str = "cylindrical",
              voxel_size: float = 0.1, phi_bin_deg: float = 1.0, feature: str = "intensity",
              intensity_offset: float = 0.0, label_mode: str = "majority", ignore_label: int = 0) -> Voxels:
-    """Voxelise one scan: points (N, >=3) [x, y, z, intensity, ...], optional per-point labels (N,).
+    """Voxelise one scan: points (N, >=3) [x, y, z, intensity, ...], optional per-point labels (N,)
+    (a tensor or a numpy array).
 
     ``intensity_offset``: 0 for nuScenes (raw 0-255), 1.0 for SemanticKITTI (official ``+ 1``).
     """
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode: expected one of {LABEL_MODES}, got {label_mode!r}")
     points = torch.as_tensor(points)
-    coords = grid_coordinates(points, grid, voxel_size, phi_bin_deg)
-    indexes, inverse = unique_first(coords)
-    feats = _features(points, feature, intensity_offset)[indexes]
+    axes = [a.numpy() for a in _grid_axes(points, grid, voxel_size, phi_bin_deg)]
+    idx, inv = unique_first_keys(pack_keys(axes))
+    indexes = torch.from_numpy(idx)
+    coords = torch.from_numpy(np.stack([a[idx] for a in axes], axis=1))
+    feats = _features(points.index_select(0, indexes), feature, intensity_offset)
     vox_labels = None
     if labels is not None:
-        labels = torch.as_tensor(labels).to(torch.int64).reshape(-1)
-        if labels.shape[0] != points.shape[0]:
-            raise ValueError(f"labels: expected {points.shape[0]} labels, got {labels.shape[0]}")
+        lab = (labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)).reshape(-1)
+        if lab.shape[0] != points.shape[0]:
+            raise ValueError(f"labels: expected {points.shape[0]} labels, got {lab.shape[0]}")
         if label_mode == "first":
-            vox_labels = labels[indexes]
+            vox_labels = torch.from_numpy(lab[idx].astype(np.int64))
         else:
-            vox_labels = majority_labels(labels, inverse, indexes.shape[0], ignore_label)
-    return Voxels(coords[indexes], feats, indexes, inverse, vox_labels,
-                  torch.tensor([0, indexes.shape[0]]), torch.tensor([0, points.shape[0]]))
+            vox_labels = torch.from_numpy(_majority(lab, inv, len(idx), ignore_label))
+    return Voxels(coords, feats, indexes, torch.from_numpy(inv), vox_labels,
+                  torch.tensor([0, len(idx)]), torch.tensor([0, points.shape[0]]))
 
 
 def voxelize_batch(scans: Sequence[torch.Tensor], labels: Sequence[torch.Tensor] | None = None,

@@ -1,4 +1,4 @@
-"""Lovasz-Softmax and the CE + Lovasz segmentation loss (afov-reference.md section 5.3).
+"""Lovasz-Softmax and the CE + Lovasz segmentation loss (docs/method.md "Segmentation loss").
 
 Lovasz-Softmax (Berman et al., CVPR 2018): for each class c, the errors m_i = |1[y_i = c] - p_ic| are
 sorted in decreasing order and dotted with the discrete gradient of the Jaccard loss

@@ -1,4 +1,4 @@
-"""Superpoint pooling and the explicit superpixel-feature join (afov-reference.md sections 2.1, 2.3).
+"""Superpoint pooling and the explicit superpixel-feature join (docs/method.md "TMP data", "Superpoint pooling").
 
 A *superpixel global id* names one teacher mask of one image of the local batch:
 ``g = image_index * superpixel_size + png_value`` (official ``superpixel_size`` = 150). PNG value 0

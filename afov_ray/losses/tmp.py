@@ -1,4 +1,4 @@
-"""TMP losses: superpixel-superpoint InfoNCE and text-superpoint loss (afov-reference.md 2.3-2.4;
+"""TMP losses: superpixel-superpoint InfoNCE and text-superpoint loss (docs/method.md "TMP losses";
 paper Eq. 1-4).
 
 Shapes: R superpoints kept in the local batch, D feature width, T texts in the vocabulary.

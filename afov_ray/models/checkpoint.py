@@ -1,6 +1,6 @@
 """Checkpoint loading (official SLidR/AFOV MinkowskiEngine checkpoints) and engine-native layouts.
 
-afov-reference.md sections 5.4 and 6.2: loading is shape-filtered (a 768-d TMP head is skipped, a
+docs/method.md "Initialisation" and "Downstream settings": loading is shape-filtered (a 768-d TMP head is skipped, a
 matching 17-way head is loaded) after stripping the prefixes ``model.``, ``model_points.``, ``module.``
 and ``encoder.``. The canonical layout is MinkowskiEngine's, so official weights load without change.
 """

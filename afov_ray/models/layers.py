@@ -1,6 +1,6 @@
 """Engine-independent sparse layers holding parameters in the canonical (MinkowskiEngine) layout.
 
-State-dict keys and shapes match MinkowskiEngine 0.5.4 modules (afov-reference.md section 5.2):
+State-dict keys and shapes match MinkowskiEngine 0.5.4 modules (docs/method.md "Backbone"):
 ``MinkowskiConvolution`` -> ``kernel`` (k**3, Cin, Cout) or (Cin, Cout) for 1x1 and ``bias`` (1, Cout);
 ``MinkowskiBatchNorm`` -> ``bn.{weight,bias,running_mean,running_var,num_batches_tracked}``.
 Initialisation follows MinkowskiEngine: U(-1/sqrt(n), 1/sqrt(n)) with n = Cin*K (Cout*K if transposed).

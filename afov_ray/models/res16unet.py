@@ -1,6 +1,6 @@
 """Res16UNet34C (official AFOV/SLidR backbone) and MinkUNet18, engine-independent.
 
-afov-reference.md section 5.2. Module names, parameter shapes and BN-momentum rules are those of the
+docs/method.md "Backbone". Module names, parameter shapes and BN-momentum rules are those of the
 official ``model/res16unet.py`` so official MinkowskiEngine checkpoints load key for key:
 stem ``conv0p1s1``/``bn0``; encoder ``conv{1..4}p*s2``/``bn{1..4}``/``block{1..4}``; decoder
 ``convtr{4..7}p*s2``/``bntr{4..7}``/``block{5..8}``; head ``final`` (1x1, bias).

@@ -25,14 +25,20 @@ from afov_ray.cli import print_summary
 from afov_ray.config import ConfigError, option, to_dict
 from afov_ray.datasets.sweeps import table_to_keyframes
 from afov_ray.errors import DataError
-from afov_ray.geometry.pairing import CameraMasks, PairingConfig, encode_official, pair_keyframe
+from afov_ray.geometry.pairing import (
+    PAIRING_SCHEMA_VERSION,
+    CameraMasks,
+    PairingConfig,
+    encode_official,
+    pair_keyframe,
+    pairing_schema,
+)
 from afov_ray.pipeline.shard_pass import ExecConfig, ItemResult, PassItem, PassSummary, ShardPass, run_pass
 from afov_ray.runtime import RayKeys, init_ray
 from afov_ray.storage import shards as S
 from afov_ray.teachers.dictionary import ClassDictionary
 from afov_ray.teachers.schema import IMAGES_DIR, from_table, read_run
 
-PAIRING_SCHEMA_VERSION = 1
 SWEEP_COLUMNS = ["dataset", "scene", "sample_token", "lidar_token", "timestamp", "lidar_path", "num_points",
                  "points", "ring", "raw_labels", "labels", "cam_channel", "cam_token", "cam_image_path",
                  "cam_width", "cam_height", "cam_timestamp", "cam_K", "cam_lidar_to_cam"]
@@ -44,17 +50,6 @@ class PairPassConfig:
     dictionary: str = option("nuscenes", "class dictionary: nuscenes | kitti | a YAML file (must match the "
                                          "teacher run's vocabulary)")
     exec: ExecConfig = option(ExecConfig(), "how items run (Ray tasks)")
-
-
-def pairing_schema():
-    return pa.schema([
-        ("sample_token", pa.string()), ("scene", pa.string()), ("timestamp", pa.int64()),
-        ("num_points", pa.int32()), ("points", pa.list_(pa.float32())), ("labels", pa.list_(pa.uint8())),
-        ("pseudo", pa.list_(pa.uint8())), ("pseudo_code", pa.list_(pa.int32())),
-        ("superpoint", pa.list_(pa.int32())), ("pair_point", pa.list_(pa.int32())),
-        ("pair_superpixel", pa.list_(pa.int32())), ("sp_id", pa.list_(pa.int32())),
-        ("sp_text", pa.list_(pa.int32())), ("sp_feat", pa.binary()), ("feat_dim", pa.int32()),
-    ], metadata={b"afov.pairing_schema": str(PAIRING_SCHEMA_VERSION).encode()})
 
 
 def _zeros_stats(num_classes: int) -> dict:

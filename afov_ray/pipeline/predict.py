@@ -93,6 +93,8 @@ class PredictConfig:
                                                                     "value is an error)")
     voxel_size: float | None = option(None, "voxel size in m; null: the model's (a different value is an error)",
                                       gt=0)
+    intensity_offset: float | None = option(None, "added to the intensity feature; null: the model's (official "
+                                                  "checkpoints: 0 nuScenes, 1 SemanticKITTI)")
     scans_per_forward: int = option(1, "scans forwarded together (eval-mode BN: same result)", min=1)
     afi: bool = option(False, "also run AFI on every scan (adds pred_afi)")
     afi_cfg: AFIConfig = option(AFIConfig(), "AFI settings when afi=true")
@@ -122,12 +124,14 @@ def resolve_spec(spec: ModelSpec | None, cfg: PredictConfig) -> ModelSpec:
     official checkpoint, takes grid / voxel size from the config and the official defaults otherwise)."""
     if spec is None:
         return ModelSpec(name=cfg.name or "res16unet34c", out_channels=cfg.num_classes or 17,
-                         grid=cfg.grid or "cylindrical", voxel_size=cfg.voxel_size or 0.1)
+                         grid=cfg.grid or "cylindrical", voxel_size=cfg.voxel_size or 0.1,
+                         intensity_offset=cfg.intensity_offset or 0.0)
     check_overrides(spec, cfg.model, **{"predict.name": ("name", cfg.name),
                                         "predict.num_classes": ("out_channels", cfg.num_classes
                                                                 if spec.task == "segmentation" else None),
                                         "predict.grid": ("grid", cfg.grid),
-                                        "predict.voxel_size": ("voxel_size", cfg.voxel_size)})
+                                        "predict.voxel_size": ("voxel_size", cfg.voxel_size),
+                                        "predict.intensity_offset": ("intensity_offset", cfg.intensity_offset)})
     return spec
 
 
@@ -175,7 +179,8 @@ def forward_scans(model: torch.nn.Module, rows: list[dict], spec: ModelSpec, sca
     ``scans_per_forward`` at a time and yield ``(outputs (V, C) float32 on device, [point -> row of outputs,
     one index array per scan of the group])``. Eval-mode BN: the result does not depend on grouping."""
 
-    ing = IngestConfig(grid=spec.grid, voxel_size=spec.voxel_size, target="gt", augment=False)
+    ing = IngestConfig(grid=spec.grid, voxel_size=spec.voxel_size, intensity_offset=spec.intensity_offset,
+                       target="gt", augment=False)
     step = max(1, scans_per_forward)
     for i in range(0, len(rows), step):
         group = rows[i:i + step]

@@ -286,9 +286,15 @@ def _task_entry(p: ShardPass, item: PassItem) -> ItemResult:
 class _PassActor:
     def __init__(self, p: ShardPass):
         self.p = p
-        p.setup()
+        self.config_error: str | None = None
+        try:
+            p.setup()
+        except ConfigError as e:  # a bad setting: every item would fail the same way -> stop the pass, no retries
+            self.config_error = str(e)
 
     def run(self, item: PassItem) -> ItemResult:
+        if self.config_error is not None:
+            return ItemResult(item.key, "failed", error={"item": item.key, "message": self.config_error}, fatal=True)
         return execute_item(self.p, item)
 
     def node(self) -> str:

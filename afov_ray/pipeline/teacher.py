@@ -46,6 +46,11 @@ class TeacherPassConfig:
     maskclip: MaskCLIPConfig = option(MaskCLIPConfig(), "MaskCLIP teacher settings")
     exec: ExecConfig = option(ExecConfig(), "how items run (an actor pool: each actor holds the teacher)")
 
+    def check(self) -> None:
+        if self.teacher == "maskclip" and not self.maskclip.weights and not self.maskclip.allow_random_weights:
+            raise ConfigError("config key 'maskclip.weights': required for the maskclip teacher (a local CLIP state "
+                              "dict); set maskclip.allow_random_weights=true only for tests")
+
     def backend(self):
         if self.teacher == "simulated":
             return SimulatedBackend(self.sim, self.dictionary, self.dataroot, self.version)

@@ -1,7 +1,7 @@
 """The manifest of a shard folder: ``<dir>/_manifest.json``, written LAST by a job.
 
 Its presence says "this folder is complete"; it lists every shard with rows, bytes and sha256, the
-totals, the schema name/version and creation info (design.md "Data flow": commit via a manifest
+totals, the schema name/version and creation info (docs/architecture.md: commit via a manifest
 written last). ``verify_manifest`` re-reads the shards and recomputes everything.
 """
 

@@ -1,4 +1,6 @@
-"""Class dictionary: teacher texts grouped in dataset categories (afov-reference.md section 3).
+"""Class dictionary: teacher texts grouped in dataset categories.
+
+docs/method.md "Class dictionary and label maps".
 
 The dictionary is data (``nuscenes_dictionary.yaml``, ``kitti_dictionary.yaml``); this module loads and
 validates it and derives the lookup tables used everywhere else:
@@ -56,7 +58,8 @@ def vocabulary_hash(texts: tuple[str, ...] | list[str]) -> str:
 
 @dataclass(frozen=True)
 class ClassDictionary:
-    """Teacher vocabulary grouped in categories, with raw and eval ids (afov-reference.md section 3).
+    """Teacher vocabulary grouped in categories, with raw and eval ids (docs/method.md "Class dictionary
+    and label maps").
 
     Build it with :meth:`load` (``"nuscenes"``, ``"kitti"`` or a path to a YAML file) or
     :meth:`from_dict`.

@@ -1,9 +1,9 @@
 """Built-in MaskCLIP teacher: dense CLIP features -> semantic masks -> mask features.
 
 A training-free open-vocabulary teacher that produces outputs of the same kind as the official SAN /
-CAT-Seg teachers (afov-reference.md 4.1-4.2, "semantic" mask style), from a plain CLIP checkpoint:
+CAT-Seg teachers (docs/method.md "Teacher models", "semantic" mask style), from a plain CLIP checkpoint:
 
-1. **Text embeddings** (afov-reference.md 4.1): each vocabulary text is put into every prompt
+1. **Text embeddings** (docs/method.md "Teacher models"): each vocabulary text is put into every prompt
    template (``IMAGENET_TEMPLATES``, the 80 OpenAI ImageNet templates CAT-Seg averages over, or
    ``VILD_TEMPLATES``, the 14 "vild" templates of SAN / FC-CLIP), each prompt is encoded and
    L2-normalised, the mean over templates is L2-normalised again. Each distinct text is encoded once,

@@ -1,4 +1,4 @@
-"""Importers of the official AFOV teacher files (afov-reference.md section 4.2).
+"""Importers of the official AFOV teacher files (docs/method.md "Official teacher files").
 
 Per camera image, named by the camera ``sample_data`` token ``<tok>`` in the teacher's ``sp_dir``:
 

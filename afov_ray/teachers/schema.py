@@ -1,4 +1,4 @@
-"""Teacher outputs: versioned runs, per-image records and their Parquet storage (afov-reference.md 4.1-4.2).
+"""Teacher outputs: versioned runs, per-image records and their Parquet storage (docs/method.md "Teacher outputs").
 
 A *teacher run* is one pass of one 2D open-vocabulary model over the camera images with one vocabulary.
 It owns a text-embedding table and, per (sample, camera), a :class:`TeacherImage`:
@@ -242,7 +242,7 @@ class TeacherImage:
 def superpixel_feature_table(
     images: Sequence[TeacherImage], superpixel_size: int = 150
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Feature table of a local batch for the TMP id join (afov-reference.md 2.1, 2.3).
+    """Feature table of a local batch for the TMP id join (docs/method.md "TMP data", "Superpoint pooling").
 
     Image ``i`` of ``images`` (the batch's global image index, e.g. b*6 + camera slot) contributes rows
     with global id ``i * superpixel_size + mask_id``. Returns (ids int64 (M,), features float16 (M, D),

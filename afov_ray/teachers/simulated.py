@@ -1,6 +1,6 @@
 """Simulated open-vocabulary teacher for generated data.
 
-Real teachers (SAN, CAT-Seg, FC-CLIP; afov-reference.md section 4) cannot run here, so for generated
+Real teachers (SAN, CAT-Seg, FC-CLIP; docs/method.md "Teacher models") cannot run here, so for generated
 scenes we render each camera's ground-truth semantic image and corrupt it the way real teachers err:
 
 - **boundary noise**: pixels within ``boundary_px`` of a label boundary take the label of a random
@@ -30,7 +30,7 @@ import numpy as np
 
 from afov_ray.config import option
 
-# raw nuScenes lidarseg class -> raw classes a teacher confuses it with (ids: afov-reference.md 3)
+# raw nuScenes lidarseg class -> raw classes a teacher confuses it with (ids: docs/method.md "nuScenes dictionary")
 CONFUSIONS: dict[int, tuple[int, ...]] = {
     23: (17,),          # truck -> car
     16: (23,),          # rigid bus -> truck

@@ -24,7 +24,7 @@ from afov_ray.train.data import IngestConfig, scan_dataset
 from afov_ray.train.optim import OptimConfig
 from afov_ray.train.runner import LoopConfig, RunSettings, ScaleConfig, run_stage
 from afov_ray.train.stages import ModelConfig, SegConfig, SegStage, TMPConfig, TMPStage
-from afov_ray.train.tracking import TrackingConfig, git_commit
+from afov_ray.train.tracking import TrackingConfig, default_tracking_uri, git_commit, run_config
 
 
 @dataclass
@@ -134,6 +134,10 @@ def run_train_job(kind: str, cfg: TrainJob, callbacks: list | None = None, linea
     ``callbacks`` go to the Train ``RunConfig`` (a Tune trial passes ``TuneReportCallback``);
     ``lineage`` adds tags to the run and the registered model beside the stage's and the job's own."""
     validate(cfg)
+    as_given = to_dict(cfg)
+    if cfg.model.tracking_uri is None and cfg.loop.tracking.tracking_uri:
+        # one tracking store per job unless told otherwise: models:/ init resolves where the run is logged
+        cfg = replace(cfg, model=replace(cfg.model, tracking_uri=cfg.loop.tracking.tracking_uri))
     stage = make_stage(kind, cfg)
     rows = check_data(kind, cfg)
     stage.check_inputs()
@@ -145,7 +149,7 @@ def run_train_job(kind: str, cfg: TrainJob, callbacks: list | None = None, linea
         datasets = build_datasets(cfg, with_pairings=False, train_target="pseudo" if kind == "distill" else "gt")
     steps = rows // max(cfg.loop.batch_size * cfg.scale.num_workers, 1) if rows else None
     return run_stage(stage, cfg.loop, cfg.scale, cfg.run, datasets, callbacks=callbacks,
-                     lineage={**job_lineage(cfg), **(lineage or {})}, job_config=to_dict(cfg),
+                     lineage={**job_lineage(cfg), **(lineage or {})}, job_config=as_given,
                      init_state=init_state, steps_per_epoch=steps)
 
 
@@ -167,4 +171,14 @@ def job_main(kind: str, description: str, argv=None) -> int:
                                             for k, v in sorted(m.items()) if "/iou/" not in k))
         return 0
 
-    return run_job(TrainJob, body, description, argv, default_config=f"configs/nuscenes/{kind}.yaml")
+    return run_job(TrainJob, body, description, argv, default_config=f"configs/nuscenes/{kind}.yaml",
+                   run_config=rerun_config)
+
+
+def rerun_config(run_id: str, tracking_uri: str | None) -> dict:
+    """The config of MLflow run ``run_id`` for ``--from-run``: as stored, with a fresh Ray Train run name
+    (``<name>-rerun-<run id[:8]>``) so the rerun starts anew instead of resuming the original's checkpoints."""
+    cfg = run_config(run_id, tracking_uri or default_tracking_uri())
+    run = cfg.setdefault("run", {})
+    run["name"] = f"{run.get('name') or 'afov'}-rerun-{run_id[:8]}"
+    return cfg

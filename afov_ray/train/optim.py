@@ -1,6 +1,6 @@
 """Optimiser, learning-rate schedule and layer freezing as in the official code.
 
-afov-reference.md sections 2.5 (TMP), 5.4 (annotation-free) and 6.2 (downstream):
+docs/method.md "Optimiser settings per stage" (TMP, annotation-free, downstream):
 
 - SGD, momentum 0.9, **dampening 0.1**, coupled weight decay 1e-4;
 - two parameter groups when ``lr_head`` is set: parameters whose name contains ``final.`` (the 1x1

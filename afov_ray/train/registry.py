@@ -31,7 +31,7 @@ from afov_ray.log import get_logger, redact_uri
 from afov_ray.models.checkpoint import extract_state_dict
 from afov_ray.models.spec import ModelSpec
 from afov_ray.storage import uri as suri
-from afov_ray.train.tracking import bounded_http, client_for
+from afov_ray.train.tracking import bounded_http, client_for, default_tracking_uri
 
 log = get_logger(__name__)
 
@@ -177,7 +177,8 @@ def _load_registered(uri: str, tracking_uri: str | None):
     bounded_http()
     try:
         with tempfile.TemporaryDirectory() as td:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=td, tracking_uri=tracking_uri))
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=_artifact_uri(uri, tracking_uri), dst_path=td,
+                                                             tracking_uri=tracking_uri))
             weights, spec_file = local / "artifacts" / "weights.pt", local / "artifacts" / "spec.json"
             if not (weights.exists() and spec_file.exists()):
                 flavour = "pickled PyTorch model" if (local / "data").exists() else "unknown format"
@@ -191,6 +192,21 @@ def _load_registered(uri: str, tracking_uri: str | None):
     except Exception as e:  # noqa: BLE001 - MlflowException / missing artifacts: one line naming the URI
         raise DataError(uri, f"cannot load the model from {redact_uri(tracking_uri or 'the default tracking store')} "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def _artifact_uri(uri: str, tracking_uri: str | None) -> str:
+    """The storage location of a ``models:/name@alias`` or ``models:/name/N`` version, resolved against this
+    tracking store's registry (not a registry URI set elsewhere in the process)."""
+    if not uri.startswith("models:/"):
+        return uri
+    client = client_for(tracking_uri) if tracking_uri else client_for(default_tracking_uri())
+    rest = uri[len("models:/"):]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+    else:
+        name, version = rest.rsplit("/", 1)
+    return client.get_model_version_download_uri(name, str(version))
 
 
 def _state_and_spec(path: Path):

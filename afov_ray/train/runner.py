@@ -6,7 +6,7 @@ user's ``ScalingConfig`` / ``RunConfig`` (storage path local or ``s3://``, ``Che
 ``FailureConfig``) and the per-worker loop ``stage_loop`` does the rest the same way for all stages:
 
 - DDP via ``ray.train.torch.prepare_model`` after converting BatchNorm to SyncBatchNorm when there is
-  more than one GPU worker (afov-reference.md 2.5: SyncBN with more than one GPU; torch's SyncBN has
+  more than one GPU worker (docs/method.md "TMP training": SyncBN with more than one GPU; torch's SyncBN has
   no CPU implementation, so CPU workers keep per-worker BN statistics);
 - SGD with dampening + head group and the cosine schedule of ``afov_ray.train.optim``;
 - ``ray.train.report`` with a checkpoint at the end of every epoch and every ``checkpoint_every_steps``
@@ -43,6 +43,7 @@ from afov_ray.train.tracking import Tracker, TrackingConfig, check_connection, l
 log = get_logger(__name__)
 SCORE = "afov/score"   # the checkpoint ranking metric: validation mIoU (TMP: minus the training loss)
 
+
 @dataclass
 class ScaleConfig:
     num_workers: int = option(1, "Ray Train workers (one GPU each with use_gpu)", min=1)
@@ -57,6 +58,7 @@ class ScaleConfig:
                                              "autoscaling cluster grows to fit); false: an infeasible request is an "
                                              "error before training starts")
 
+
 @dataclass
 class RunSettings:
     name: str = option("afov", "Ray Train run name; re-running with the same name + storage_path resumes")
@@ -66,6 +68,7 @@ class RunSettings:
                                   "failure (-1: unlimited)", min=-1)
     num_to_keep: int | None = option(2, "checkpoints kept (None: all)", min=1)
     checkpoint_every_steps: int = option(0, "extra mid-epoch checkpoints every N steps; 0: epoch ends only", min=0)
+
 
 @dataclass
 class LoopConfig:
@@ -79,6 +82,7 @@ class LoopConfig:
                                       "same either way", min=1)
     optim: OptimConfig = option(OptimConfig(), "optimiser and schedule")
     tracking: TrackingConfig = option(TrackingConfig(), "MLflow tracking and registration")
+
 
 class Stage:
     """Interface of a training stage; subclasses are plain picklable objects."""
@@ -119,11 +123,13 @@ class Stage:
         model); evaluated on the driver by ``run_stage``, which adds ``stage`` and the caller's tags."""
         return {}
 
+
 def _rank_world() -> tuple[int, int]:
     import ray.train
 
     ctx = ray.train.get_context()
     return ctx.get_world_rank(), ctx.get_world_size()
+
 
 def allreduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In-place all-reduce across Train workers (no-op with one process); ``op`` "sum" or "mean"."""
@@ -135,7 +141,9 @@ def allreduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
             t /= dist.get_world_size()
     return t
 
+
 NO_SCORE = -1e30   # checkpoints of epochs without validation rank below every validated one
+
 
 def _kv_get(key: str) -> str | None:
     from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
@@ -145,11 +153,13 @@ def _kv_get(key: str) -> str | None:
     v = _internal_kv_get(key, namespace="afov")
     return v.decode() if v else None
 
+
 def _kv_put(key: str, value: str) -> None:
     from ray.experimental.internal_kv import _internal_kv_initialized, _internal_kv_put
 
     if key and _internal_kv_initialized():
         _internal_kv_put(key, value.encode(), overwrite=True, namespace="afov")
+
 
 def stage_loop(config: dict) -> None:
     """``train_loop_per_worker`` for every stage.
@@ -165,6 +175,7 @@ def stage_loop(config: dict) -> None:
     except (ConfigError, DataError) as e:
         _kv_put(error_key, json.dumps({"type": type(e).__name__, "message": str(e)}))
         raise
+
 
 def _stage_loop(config: dict) -> None:
     import ray.train
@@ -295,6 +306,7 @@ def _stage_loop(config: dict) -> None:
     if tracker.lost_metrics:
         log.warning("%s: %d metric values could not be logged to MLflow", stage.name, tracker.lost_metrics)
 
+
 def epoch_line(stage: str, epoch: int, num_epochs: int, steps: int, metrics: dict, epoch_times: list[float],
                scans_per_step: int) -> str:
     """One line per epoch on rank 0: epoch, steps, loss, validation mIoU, scans/s, time left."""
@@ -305,6 +317,7 @@ def epoch_line(stage: str, epoch: int, num_epochs: int, steps: int, metrics: dic
             + (f", val mIoU {100 * val:.1f}" if val is not None else "")
             + f", {steps * scans_per_step / max(secs, 1e-9):.2f} scans/s, data wait "
               f"{metrics['train/data_wait_fraction']:.0%}, {format_duration(secs)}/epoch, ~{format_duration(left)} left")
+
 
 @dataclass
 class StageResult:
@@ -333,6 +346,7 @@ class StageResult:
     def metrics_dataframe(self):
         return self.result.metrics_dataframe
 
+
 def _checkpoint_dirs(storage: str, name: str) -> list[str]:
     """Checkpoint folders of a Train run (``<storage>/<name>/checkpoint_*``, folders only)."""
     import pyarrow.fs as pafs
@@ -358,6 +372,7 @@ def previous_run_id(storage: str, name: str) -> str | None:
                 return rid
     return None
 
+
 def best_of(result) -> tuple[Any, dict]:
     """The best reported checkpoint by the score (validation mIoU; TMP: lowest training loss); the last one
     when none was scored."""
@@ -365,6 +380,7 @@ def best_of(result) -> tuple[Any, dict]:
     if scored:
         return max(scored, key=lambda cm: cm[1][SCORE])
     return result.checkpoint, dict(result.metrics or {})
+
 
 def remove_unreported_checkpoints(storage: str, name: str, result) -> list[str]:
     """Checkpoint folders Ray Train never registered (a worker killed while one was being written) are
@@ -380,6 +396,7 @@ def remove_unreported_checkpoints(storage: str, name: str, result) -> list[str]:
             fs.delete_dir(path)
             removed.append(d)
     return removed
+
 
 def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettings,
               datasets: dict, val_split: bool = True, callbacks: list | None = None, lineage: dict | None = None,
@@ -474,11 +491,13 @@ def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettin
     tracker.end("FINISHED")
     return out
 
+
 def per_class_table(iou: dict[str, float], miou: float | None) -> str:
     lines = ["| class | IoU (%) |", "|---|---:|"] + [f"| {k} | {100 * v:.1f} |" for k, v in iou.items()]
     if miou is not None:
         lines.append(f"| **mIoU** | {100 * miou:.1f} |")
     return "\n".join(lines) + "\n"
+
 
 def register_best(stage: Stage, loop: LoopConfig, tracker: Tracker, out: StageResult, tags: dict):
     """Register the best checkpoint's weights + contract; never a model that trained zero steps."""

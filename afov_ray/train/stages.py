@@ -28,7 +28,7 @@ from afov_ray.models.spec import ModelSpec
 from afov_ray.storage import uri as suri
 from afov_ray.teachers.dictionary import ClassDictionary
 from afov_ray.teachers.schema import read_run
-from afov_ray.train.data import IngestConfig, collate
+from afov_ray.train.data import IngestConfig, torch_batches
 from afov_ray.train.registry import load_model_state
 from afov_ray.train.runner import Stage, allreduce_
 from afov_ray.train.tracking import data_fingerprint, teacher_lineage
@@ -45,7 +45,8 @@ class ModelConfig:
                                       "residual blocks as coded)", gt=0, max=1)
     init: str | None = option(None, "initial weights (shape-filtered): models:/name@alias, models:/name/version, "
                                     "runs:/..., a checkpoint folder / .pt file or s3:// URI")
-    tracking_uri: str | None = option(None, "MLflow tracking URI for models:/ init (default $MLFLOW_TRACKING_URI)")
+    tracking_uri: str | None = option(None, "MLflow tracking URI for a models:/ init (default: the job's "
+                                            "loop.tracking.tracking_uri, else $MLFLOW_TRACKING_URI)")
 
 
 def _init_lineage(cfg: ModelConfig) -> dict[str, str]:
@@ -73,8 +74,14 @@ def _spec(m: ModelConfig, ingest: IngestConfig, out_channels: int, task: str, no
     run_id = teacher_run.rstrip("/").rsplit("/", 1)[-1] if teacher_run else ""
     return ModelSpec(name=m.name, out_channels=out_channels, in_channels=m.in_channels, bn_momentum=m.bn_momentum,
                      normalize_features=normalize, task=task, class_names=class_names, grid=ingest.grid,
-                     voxel_size=ingest.voxel_size, dictionary=dictionary,
+                     voxel_size=ingest.voxel_size, intensity_offset=ingest.intensity_offset, dictionary=dictionary,
                      dataset="semantickitti" if dictionary == "kitti" else "nuscenes", teacher_run=run_id)
+
+
+def _shuffle(ingest: IngestConfig, epoch: int) -> dict:
+    """Training-batch shuffle settings of an epoch: a seed per (ingest seed, epoch), so epochs differ and a
+    rerun repeats them (within one worker's shard)."""
+    return {"shuffle_buffer": ingest.shuffle_buffer, "shuffle_seed": ingest.seed * 100_003 + epoch}
 
 
 def _build(spec: ModelSpec, engine: str):
@@ -149,8 +156,8 @@ class TMPStage(Stage):
         return self._text[0].to(device), self._text[1].to(device)
 
     def batches(self, shard, batch_size, epoch):
-        for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
-            yield collate(b, with_pairings=True, stride=self.ingest.stride)
+        yield from torch_batches(shard, batch_size, with_pairings=True, stride=self.ingest.stride,
+                                 prefetch_batches=self.ingest.prefetch_batches, **_shuffle(self.ingest, epoch))
 
     def loss(self, model, batch, device):
         feats = _forward(model, batch, device)
@@ -204,8 +211,8 @@ class SegStage(Stage):
         return _init_state(self.model_cfg)
 
     def batches(self, shard, batch_size, epoch):
-        for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
-            yield collate(b)
+        yield from torch_batches(shard, batch_size, prefetch_batches=self.ingest.prefetch_batches,
+                                 **_shuffle(self.ingest, epoch))
 
     def loss(self, model, batch, device):
         logits = _forward(model, batch, device)
@@ -230,8 +237,7 @@ def validate_segmentation(model, shard, device, num_classes: int, suppress_class
                           class_names: tuple[str, ...] | list[str] = ()) -> dict:
     """Point-level confusion matrix over the worker's val shard, all-reduced, -> mIoU and per-class IoU."""
     H = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    for b in shard.iter_batches(batch_size=1, batch_format="numpy"):
-        batch = collate(b)
+    for batch in torch_batches(shard, 1, drop_last=False):
         if batch["point_labels"].numel() == 0:
             continue
         pred = predict_points(model, batch, device, suppress_class0)

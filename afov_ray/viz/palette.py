@@ -98,6 +98,7 @@ ERROR_RGB: tuple[tuple[float, float, float], ...] = ((0.55, 0.55, 0.55), (0.2, 0
 _ALIASES = {"nuscenes": "nuscenes", "nusceneslidarseg": "nuscenes", "semantickitti": "semantickitti",
             "kitti": "semantickitti"}
 
+
 def canonical_dataset(dataset: str | None) -> str | None:
     """``"nuscenes"`` / ``"semantickitti"`` for the known spellings (case, ``-`` and ``_`` ignored),
     else None."""
@@ -105,14 +106,17 @@ def canonical_dataset(dataset: str | None) -> str | None:
         return None
     return _ALIASES.get(str(dataset).strip().lower().replace("-", "").replace("_", ""))
 
+
 def class_names(dataset: str) -> list[str] | None:
     """Evaluation class names (index = class id, 0 = "ignore") of a known dataset, else None."""
 
     return {"nuscenes": list(labels.NUSCENES_EVAL_NAMES),
             "semantickitti": list(labels.KITTI_EVAL_NAMES)}.get(canonical_dataset(dataset) or "")
 
+
 def _dataset_table(dataset: str) -> dict[str, tuple[int, int, int]]:
     return {"nuscenes": NUSCENES_RGB, "semantickitti": KITTI_RGB}[dataset]
+
 
 def infer_dataset(num_classes: int) -> str | None:
     """The known dataset with this many class ids (17 -> nuScenes, 20 -> SemanticKITTI), else None."""
@@ -120,6 +124,7 @@ def infer_dataset(num_classes: int) -> str | None:
         if len(class_names(ds)) == num_classes:
             return ds
     return None
+
 
 def fallback_colors(num_classes: int) -> np.ndarray:
     """Deterministic (C, 3) palette: 0 light grey, 1..20 tab20, beyond that golden-ratio hues."""
@@ -134,6 +139,7 @@ def fallback_colors(num_classes: int) -> np.ndarray:
             h = (c * 0.618033988749895) % 1.0
             out[c] = colorsys.hsv_to_rgb(h, 0.75 if c % 2 else 0.55, 0.9 if c % 3 else 0.7)
     return out
+
 
 def class_colors(dataset: str | None, num_classes: int | None = None) -> np.ndarray:
     """(C, 3) float RGB in [0, 1] for class ids 0..C-1 (row 0 = ignore, light grey).
@@ -158,9 +164,11 @@ def class_colors(dataset: str | None, num_classes: int | None = None) -> np.ndar
         out[c] = np.asarray(table[name], dtype=np.float64) / 255.0
     return out
 
+
 def error_colors() -> np.ndarray:
     """(3, 3) float RGB for the error codes 0 ignored, 1 correct, 2 wrong."""
     return np.asarray(ERROR_RGB, dtype=np.float64)
+
 
 def colorscale(name: str = "viridis", n: int = 256) -> np.ndarray:
     """(n, 3) float RGB samples of a matplotlib colour map, from its low end to its high end."""
@@ -168,6 +176,7 @@ def colorscale(name: str = "viridis", n: int = 256) -> np.ndarray:
 
     cmap = matplotlib.colormaps[name]
     return np.asarray(cmap(np.linspace(0.0, 1.0, int(n)))[:, :3], dtype=np.float64)
+
 
 def score_colors(values: np.ndarray, vmin: float = 0.0, vmax: float = 1.0, cmap: str = "viridis",
                  nan_rgb: Sequence[float] = IGNORE_RGB, n: int = 256) -> np.ndarray:
@@ -182,13 +191,16 @@ def score_colors(values: np.ndarray, vmin: float = 0.0, vmax: float = 1.0, cmap:
     out[~np.isfinite(v)] = np.asarray(nan_rgb, dtype=np.float64)
     return out
 
+
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
     """Float RGB in [0, 1] -> uint8 0..255 (rounded)."""
     return np.clip(np.rint(np.asarray(rgb, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
+
 def to_hex(rgb: np.ndarray) -> list[str]:
     """Float RGB rows in [0, 1] -> ``#rrggbb`` strings."""
     return ["#%02x%02x%02x" % tuple(int(v) for v in row) for row in to_uint8(np.atleast_2d(rgb))]
+
 
 def _tab20() -> np.ndarray:
     import matplotlib

@@ -13,11 +13,22 @@ import numpy as np
 import pytest
 import torch
 
-from afov_ray.afi import (AFIConfig, afi_refine, afi_refine_batch, afi_trace, assist_probability,
-                          decoder_kappas, fibonacci_directions, native, furthest_point_sample, knn,
-                          level_sizes, near_ego_ground, network)
-from afov_ray.afi.fps import (cuda_threads, fps_blocked_native, fps_blocked_numpy, fps_dense_numpy,
-                              fps_dense_torch)
+from afov_ray.afi import (
+    AFIConfig,
+    afi_refine,
+    afi_refine_batch,
+    afi_trace,
+    assist_probability,
+    decoder_kappas,
+    fibonacci_directions,
+    furthest_point_sample,
+    knn,
+    level_sizes,
+    native,
+    near_ego_ground,
+    network,
+)
+from afov_ray.afi.fps import cuda_threads, fps_blocked_native, fps_blocked_numpy, fps_dense_numpy, fps_dense_torch
 from afov_ray.afi.neighbors import knn_numpy, knn_owner_numpy, knn_torch
 from afov_ray.afi.network import Level, interpolate, line_mass, relevance
 from afov_ray.errors import DataError

@@ -11,7 +11,7 @@ from tests.arch.imports import PKG, scan
 
 # lowest first; a module may import from its own layer and from lower layers only
 LAYERS = [
-    ["afov_ray", "afov_ray.errors", "afov_ray.config", "afov_ray.log", "afov_ray.cli"],
+    ["afov_ray", "afov_ray.errors", "afov_ray.config", "afov_ray.log", "afov_ray.cli", "afov_ray.reaper"],
     ["afov_ray.storage", "afov_ray.runtime"],
     ["afov_ray.geometry"],
     ["afov_ray.datasets", "afov_ray.viz"],

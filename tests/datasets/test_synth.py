@@ -13,8 +13,13 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from afov_ray.datasets.synth.classes import (KIND_TO_KITTI, KIND_TO_NUSCENES, KITTI_IDS_WRITTEN,
-                                             NUSCENES_LIDARSEG_NAMES, Kind)
+from afov_ray.datasets.synth.classes import (
+    KIND_TO_KITTI,
+    KIND_TO_NUSCENES,
+    KITTI_IDS_WRITTEN,
+    NUSCENES_LIDARSEG_NAMES,
+    Kind,
+)
 from afov_ray.datasets.synth.config import SynthConfig
 from afov_ray.datasets.synth.kitti_writer import generate_semantickitti, render_kitti_frame
 from afov_ray.datasets.synth.nuscenes_writer import generate_nuscenes, load_scene, render_sample_data

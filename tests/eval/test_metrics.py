@@ -1,4 +1,4 @@
-"""Confusion matrix / IoU conventions (afov-reference.md section 6.4) against brute force and
+"""Confusion matrix / IoU conventions (docs/method.md "Evaluation") against brute force and
 against nuscenes-devkit's lidarseg ConfusionMatrix."""
 
 from __future__ import annotations
@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from afov_ray.errors import DataError
-from afov_ray.eval import (ConfusionAccumulator, confusion_matrix, evaluate_report, iou_per_class,
-                           micro_iou, miou, point_accuracy, suppress_class0)
+from afov_ray.eval import (
+    ConfusionAccumulator,
+    confusion_matrix,
+    evaluate_report,
+    iou_per_class,
+    micro_iou,
+    miou,
+    point_accuracy,
+    suppress_class0,
+)
 
 C = 17
 

@@ -21,8 +21,13 @@ import torch
 from afov_ray.config import ConfigError
 from afov_ray.errors import DataError
 from afov_ray.models.spec import ModelSpec
-from afov_ray.pipeline.predict import (PredictConfig, build_segmentation_model, load_for_predict, predict_scans,
-                                       run_predict)
+from afov_ray.pipeline.predict import (
+    PredictConfig,
+    build_segmentation_model,
+    load_for_predict,
+    predict_scans,
+    run_predict,
+)
 from afov_ray.pipeline.predictions import prediction_schema, read_prediction_shard
 from afov_ray.pipeline.shard_pass import ExecConfig
 from afov_ray.storage.manifest import write_folder_manifest

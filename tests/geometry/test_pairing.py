@@ -1,12 +1,18 @@
-"""Pairing / pseudo-labels on a hand-built case (afov-reference.md 4.3-4.4)."""
+"""Pairing / pseudo-labels on a hand-built case (docs/method.md "Pairing and pseudo-labels")."""
 
 import numpy as np
 import pytest
 
 from afov_ray.datasets.types import CameraFrame, Keyframe
 from afov_ray.errors import DataError
-from afov_ray.geometry.pairing import (CameraMasks, PairingConfig, decode_official, encode_official,
-                                       min_filter, pair_keyframe)
+from afov_ray.geometry.pairing import (
+    CameraMasks,
+    PairingConfig,
+    decode_official,
+    encode_official,
+    min_filter,
+    pair_keyframe,
+)
 
 W, H = 10, 8
 K = np.array([[5.0, 0, 4.2], [0, 5.0, 3.3], [0, 0, 1]])

@@ -1,4 +1,4 @@
-"""Projection chain and image bounds (afov-reference.md 4.3), checked against hand-computed cases,
+"""Projection chain and image bounds (docs/method.md "Projection"), checked against hand-computed cases,
 pyquaternion, and the real nuscenes-devkit ``map_pointcloud_to_image`` on real scene-0916 data."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Voxelisation (afov-reference.md section 5.1): hand-computed indices, label rules, index maps."""
+"""Voxelisation (docs/method.md "Voxelisation"): hand-computed indices, label rules, index maps."""
 
 import pytest
 import torch
@@ -84,8 +84,8 @@ def test_bad_input_names_field():
 
 @pytest.mark.minkowski
 def test_matches_minkowski_sparse_quantize():
-    from afov_ray.models.engines.minkowski_engine import import_minkowski
     from afov_ray.errors import EngineNotInstalled
+    from afov_ray.models.engines.minkowski_engine import import_minkowski
 
     try:
         ME = import_minkowski()

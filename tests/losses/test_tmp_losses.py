@@ -20,7 +20,6 @@ from afov_ray.losses import (
 )
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     """References are float64; restore the default dtype so other test modules are unaffected."""

@@ -1,4 +1,4 @@
-"""Res16UNet34C / MinkUNet18 structure (afov-reference.md section 5.2), head swap, SyncBN, checkpoints."""
+"""Res16UNet34C / MinkUNet18 structure (docs/method.md "Backbone"), head swap, SyncBN, checkpoints."""
 
 import sys
 

@@ -3,9 +3,14 @@
 import torch
 import torch.nn.functional as F
 
-from afov_ray.models.engines.layout import (canonical_to_dense, canonical_to_dense_transposed,
-                                            canonical_to_spconv, dense_to_canonical, kernel_offsets,
-                                            spconv_to_canonical)
+from afov_ray.models.engines.layout import (
+    canonical_to_dense,
+    canonical_to_dense_transposed,
+    canonical_to_spconv,
+    dense_to_canonical,
+    kernel_offsets,
+    spconv_to_canonical,
+)
 from afov_ray.models.engines.torch_engine import TorchEngine, _GatherGemmScatter, submanifold_map
 from afov_ray.models.layers import SparseConv
 

@@ -154,3 +154,76 @@ def test_validation_miou_identical_with_one_or_two_workers(pipeline, tmp_path):
     assert len(names) == 16 and "val/iou/car" in names        # per-class metrics named by class
     for k in names:
         assert metrics[0][k] == pytest.approx(metrics[1][k], abs=1e-12)
+
+
+def test_run_describes_itself_registers_best_epoch_and_reruns(pipeline, tmp_path, capsys):
+    """A distillation run via the job's own command line: every key of its resolved config is a run param,
+    config.yaml / per-class IoU table are artifacts, the registered version holds the weights of the epoch with
+    the best validation mIoU (the run's metric history decides), and ``--from-run`` rebuilds the same config."""
+    import mlflow
+    import torch
+    import yaml
+
+    from afov_ray.cli import parse_job_args
+    from afov_ray.config import flatten, to_dict
+    from afov_ray.datasets.nuscenes import NuScenesReader
+    from afov_ray.datasets.splits import standard_nuscenes_splits, write_split_file
+    from afov_ray.train.checkpoint import load_checkpoint
+    from afov_ray.train.jobs import TrainJob, job_main, rerun_config
+    from afov_ray.train.registry import load_model_state
+
+    tmp = pipeline["tmp"]
+    write_split_file(tmp_path / "splits.json", standard_nuscenes_splits(NuScenesReader(str(pipeline["root"]),
+                                                                                       "v1.0-trainval")))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = [f"data.pairing={tmp / 'pair_zbuffer'}", f"data.split_file={tmp_path / 'splits.json'}",
+            "model.name=minkunet18", "loop.num_epochs=3", "loop.batch_size=1", "loop.optim.lr=0.5",
+            f"loop.tracking.tracking_uri={uri}", "loop.tracking.register_as=afov-test-distill",
+            "scale.num_workers=1", "scale.use_gpu=false", "scale.cpus_per_worker=0.5",
+            f"run.storage_path={tmp_path / 'ray'}",
+            "run.name=selfdesc", "run.num_to_keep=null", "ingest.voxel_size=0.3", "model.init=null"]
+    assert job_main("distill", "test", argv) == 0
+    expected, _ = parse_job_args(TrainJob, "", argv, default_config="configs/nuscenes/distill.yaml")
+
+    client = mlflow.MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name(expected.loop.tracking.experiment).experiment_id])
+    params = run.data.params
+    missing = sorted(set(flatten(to_dict(expected))) - set(params))
+    assert not missing, f"config keys not logged as params: {missing}"
+    assert params["loop.optim.lr"] == "0.5" and params["ingest.voxel_size"] == "0.3"
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "per_class_iou.md", "per_class_iou.json"} <= arts
+    stored = yaml.safe_load(open(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                                     artifact_path="config.yaml",
+                                                                     tracking_uri=uri)))
+    assert stored == to_dict(expected)
+    assert "jobs" in run.data.tags["afov.command"] or "loop.num_epochs=3" in run.data.tags["afov.command"]
+
+    # best epoch: from the run's own metric history, ties -> the earliest
+    hist = sorted(client.get_metric_history(run.info.run_id, "val/mIoU"), key=lambda m: m.step)
+    assert len(hist) == 3
+    scores = [m.value for m in hist]
+    best_epoch = scores.index(max(scores)) + 1
+    assert int(run.data.tags["afov.best_epoch"]) == best_epoch
+    ckpts = [d for d in (tmp_path / "ray" / "selfdesc").iterdir() if d.name.startswith("checkpoint_")]
+    assert len(ckpts) == 3
+    by_epoch = {int(json.loads((d / "meta.json").read_text())["epoch"]) + 1: d for d in ckpts}
+    assert sorted(by_epoch) == [1, 2, 3]
+    registered = load_model_state("models:/afov-test-distill/1", tracking_uri=uri)
+    best_state = load_checkpoint(by_epoch[best_epoch])["model"]
+    for k, v in best_state.items():
+        assert torch.equal(registered[k], v), k
+    per_class = json.loads(open(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="per_class_iou.json", tracking_uri=uri)).read())
+    assert per_class["epoch"] == best_epoch and per_class["mIoU"] == pytest.approx(max(scores), abs=1e-9)
+    assert set(per_class["iou"]) <= {k[len("val/iou/"):] for k in run.data.metrics if k.startswith("val/iou/")}
+
+    # --from-run: the stored config is the base (no default preset), with a fresh Ray Train run name
+    rerun, _ = parse_job_args(TrainJob, "", ["--from-run", run.info.run_id, "--tracking-uri", uri],
+                              default_config="configs/nuscenes/distill.yaml", run_config=rerun_config)
+    a, b = to_dict(rerun), to_dict(expected)
+    assert a["run"].pop("name") == f"selfdesc-rerun-{run.info.run_id[:8]}" and b["run"].pop("name") == "selfdesc"
+    assert a == b
+    over, _ = parse_job_args(TrainJob, "", ["--from-run", run.info.run_id, "--tracking-uri", uri,
+                                            "loop.num_epochs=5"], run_config=rerun_config)
+    assert over.loop.num_epochs == 5 and over.loop.optim.lr == 0.5

@@ -2,9 +2,9 @@
 
 import pytest
 
+from afov_ray.datasets.sweeps import batch_to_keyframes, row_to_keyframe
 from afov_ray.storage import uri as U
 from afov_ray.storage.manifest import verify_manifest
-from afov_ray.datasets.sweeps import batch_to_keyframes, row_to_keyframe
 from tests.s3_fixture import s3_bucket, s3_server  # noqa: F401
 from tests.storage.random_reader import RandomReader, assert_same_keyframe
 from tests.storage.random_reader import run_prepare_on as prepare

@@ -5,10 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from afov_ray.datasets.sweeps import keyframes_to_table, sweeps_schema, table_to_keyframes
 from afov_ray.storage import uri as U
 from afov_ray.storage.atomic import AtomicParquetWriter, atomic_write_json, cleanup_stale
 from afov_ray.storage.manifest import read_manifest, verify_manifest
-from afov_ray.datasets.sweeps import keyframes_to_table, sweeps_schema, table_to_keyframes
 from tests.s3_fixture import s3_bucket, s3_server  # noqa: F401
 from tests.storage.random_reader import RandomReader, assert_same_keyframe
 from tests.storage.random_reader import run_prepare_on as prepare

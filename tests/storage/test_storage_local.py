@@ -9,15 +9,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from afov_ray.datasets.sweeps import (
+    batch_to_keyframes,
+    keyframes_to_table,
+    row_to_keyframe,
+    schema_version_of,
+    sweeps_schema,
+    table_to_keyframes,
+)
 from afov_ray.errors import DataError
 from afov_ray.storage import uri as U
 from afov_ray.storage.atomic import (
-    AtomicParquetWriter, atomic_write_bytes, atomic_write_json, atomic_write_parquet, cleanup_stale, is_hidden_name,
+    AtomicParquetWriter,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_parquet,
+    cleanup_stale,
+    is_hidden_name,
 )
 from afov_ray.storage.manifest import read_manifest, shard_entry, verify_manifest, write_manifest
-from afov_ray.datasets.sweeps import (
-    batch_to_keyframes, keyframes_to_table, row_to_keyframe, schema_version_of, sweeps_schema, table_to_keyframes,
-)
 from tests.storage.random_reader import RandomReader, assert_same_keyframe, make_keyframe
 
 

@@ -1,4 +1,4 @@
-"""Class dictionary: exact texts, blocks and id maps of afov-reference.md section 3."""
+"""Class dictionary: exact texts, blocks and id maps of docs/method.md "Class dictionary and label maps"."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from afov_ray.errors import DataError
-from afov_ray.teachers.clip_model import build_clip, clip_config, load_clip
+from afov_ray.teachers.clip_model import build_clip, clip_config, load_clip, read_state_dict
 from afov_ray.teachers.maskclip import (
     IMAGENET_TEMPLATES,
     VILD_TEMPLATES,
@@ -87,12 +87,14 @@ def test_checkpoint_file_loads(tmp_path, tiny):
     torch.save(wrapped, tmp_path / "wrapped.pt")
     m2 = load_clip(tmp_path / "wrapped.pt", TINY)
     assert torch.allclose(m2.state_dict()["visual.proj"], sd["visual.proj"].half().float())
-    # OpenAI's original checkpoints are TorchScript archives: read through torch.jit.load
+    # OpenAI's original checkpoints are TorchScript archives: refused (they run code) unless trusted explicitly
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.trace_module(tiny, {"encode_image": img})
         scripted.save(str(tmp_path / "openai_style.pt"))
-        m3 = load_clip(tmp_path / "openai_style.pt", TINY)
+        with pytest.raises(DataError, match="allow_torchscript"):
+            load_clip(tmp_path / "openai_style.pt", TINY)
+        m3 = load_clip(read_state_dict(tmp_path / "openai_style.pt", allow_torchscript=True), TINY)
     for k, v in sd.items():
         assert torch.equal(m3.state_dict()[k], v), k
     # a checkpoint of another shape names the file and the key
@@ -187,7 +189,7 @@ def test_text_encoder_pools_eot_and_ignores_padding(tiny):
 
 def _cfg(bpe_path, **kw) -> MaskCLIPConfig:
     base = dict(model="tiny", quick_gelu=False, bpe_path=bpe_path, templates="vild", image_short_side=32,
-                device="cpu", row_chunk=7)
+                device="cpu", row_chunk=7, allow_random_weights=True)
     return MaskCLIPConfig(**(base | kw))
 
 
@@ -265,9 +267,22 @@ def test_teacher_on_synthetic_image(bpe_path):
         np.testing.assert_allclose(im.features[j].astype(np.float32), ref, atol=2e-3)
 
 
-def test_missing_bpe_is_named(tmp_path):
-    with pytest.raises(DataError, match="bpe_path"):
-        MaskCLIPTeacher(MaskCLIPConfig(model="tiny", bpe_path="", device="cpu"), ["car"])
+def test_no_weights_is_refused_unless_allowed_and_bpe_ships_with_the_package(tmp_path, bpe_path):
+    from afov_ray.config import ConfigError
+    from afov_ray.teachers.maskclip import BUNDLED_BPE
+
+    with pytest.raises(ConfigError, match="teacher.maskclip.weights.*allow_random_weights"):
+        MaskCLIPTeacher(MaskCLIPConfig(model="tiny", device="cpu"), ["car"])
+    from afov_ray.teachers.clip_tokenizer import CLIPTokenizer
+
+    tok = CLIPTokenizer(BUNDLED_BPE, context_length=77)   # the bundled BPE vocabulary (the real CLIP one)
+    assert tok.vocab_size == 49408 and len(tok(["a photo of a car"])[0]) == 77
+    with pytest.raises(DataError, match="49408 ids but the model tiny embeds"):   # used when bpe_path is empty
+        MaskCLIPTeacher(MaskCLIPConfig(model="tiny", device="cpu", allow_random_weights=True), ["car"])
+    bad = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(bad))
+    with pytest.raises(DataError, match="runs code when loaded"):
+        MaskCLIPTeacher(MaskCLIPConfig(model="tiny", device="cpu", weights=str(bad), bpe_path=bpe_path), ["car"])
 
 
 # ------------------------------------------------------------------ end to end through Ray Data
@@ -277,15 +292,15 @@ def test_teacher_pass_maskclip_with_ray(tmp_path, bpe_path, monkeypatch):
     import ray
     from PIL import Image
 
-    from afov_ray.datasets.types import CameraFrame, Keyframe
-    from afov_ray.storage.atomic import atomic_write_parquet
     from afov_ray.datasets.sweeps import keyframes_to_table
-    from afov_ray.teachers.dictionary import ClassDictionary
-    from afov_ray.teachers.schema import from_table, read_run
+    from afov_ray.datasets.types import CameraFrame, Keyframe
     from afov_ray.pipeline.shard_pass import ExecConfig
     from afov_ray.pipeline.teacher import TeacherPassConfig, run_teacher_pass
     from afov_ray.runtime import init_ray
+    from afov_ray.storage.atomic import atomic_write_parquet
     from afov_ray.storage.manifest import write_folder_manifest
+    from afov_ray.teachers.dictionary import ClassDictionary
+    from afov_ray.teachers.schema import from_table, read_run
 
     dataroot = tmp_path / "data"
     rng = np.random.default_rng(1)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
-
-from afov_ray.storage.atomic import atomic_write_parquet
 import pytest
 
 from afov_ray.errors import DataError
+from afov_ray.storage.atomic import atomic_write_parquet
 from afov_ray.teachers.dictionary import ClassDictionary
 from afov_ray.teachers.schema import (
     TeacherImage,
@@ -18,12 +17,12 @@ from afov_ray.teachers.schema import (
     encode_mask_map,
     from_row,
     image_schema,
+    images_table,
     read_run,
+    read_run_record,
     read_scene_shard,
     to_table,
     write_run,
-    images_table,
-    read_run_record,
 )
 
 

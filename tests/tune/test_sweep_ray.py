@@ -57,10 +57,10 @@ def _runs(uri: str, sweep: str, role: str):
 def test_tiny_sweep_registers_best_with_lineage(ray_local, chain, tmp_path):
     import mlflow
 
-    from afov_ray.tune.sweep import SweepJob, run_sweep
     from afov_ray.train.jobs import TrainJob
     from afov_ray.train.registry import load_model_state
     from afov_ray.train.tracking import data_fingerprint, git_commit
+    from afov_ray.tune.sweep import SweepJob, run_sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _register_init_model(uri)

@@ -4,8 +4,8 @@ import numpy as np
 
 from afov_ray.datasets import inspect
 from afov_ray.datasets.types import Keyframe
-from afov_ray.viz import plots
 from afov_ray.viz import palette as P
+from afov_ray.viz import plots
 
 
 def _count_near(png, rgb, tol=10) -> int:

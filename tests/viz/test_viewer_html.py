@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from afov_ray.viz import palette as P
-from afov_ray.viz.viewer import (LayerSpec, ViewerPage, error_codes, subsample_indices, write_index_html,
-                                 write_scan_html)
+from afov_ray.viz.viewer import LayerSpec, ViewerPage, error_codes, subsample_indices, write_index_html, write_scan_html
 
 
 def _scene(n=500, seed=0):

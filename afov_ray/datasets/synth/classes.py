@@ -1,7 +1,7 @@
 """Scene classes ("kinds") of the generator and their maps to nuScenes-lidarseg and SemanticKITTI ids.
 
 A kind is finer than a nuScenes class where SemanticKITTI distinguishes more (trunk vs crown, pole vs
-sign vs building vs fence, parking vs road). Maps (afov-reference.md section 3 for the class lists):
+sign vs building vs fence, parking vs road). Maps (class lists: docs/method.md "Class dictionary and label maps"):
 
 | kind | nuScenes raw lidarseg (0..31) | SemanticKITTI raw id |
 |---|---|---|

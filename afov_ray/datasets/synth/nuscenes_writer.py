@@ -1,6 +1,6 @@
 """Writes a synthetic nuScenes dataroot that the unmodified nuscenes-devkit 1.2.0 loads, with lidarseg.
 
-Layout (install-notes.md "nuScenes devkit 1.2.0: fake dataset that the devkit loads"):
+Layout (the tables and files nuscenes-devkit 1.2 needs to load a dataset):
   <dataroot>/<version>/{category,attribute,visibility,instance,sensor,calibrated_sensor,ego_pose,log,
                         scene,sample,sample_data,sample_annotation,map,lidarseg}.json
   <dataroot>/samples/LIDAR_TOP/<log>__LIDAR_TOP__<ts>.pcd.bin   float32 x5 (x, y, z, intensity, ring)
@@ -11,7 +11,7 @@ Layout (install-notes.md "nuScenes devkit 1.2.0: fake dataset that the devkit lo
 
 Keyframes only; every sample_data has its own ego_pose at its own timestamp (cameras fire tens of ms
 off the LiDAR, offsets from the real rig), so the full chain lidar -> ego(t_lidar) -> global ->
-ego(t_cam) -> cam matters (afov-reference.md section 4.3). Returns on the ego body are kept and
+ego(t_cam) -> cam matters (docs/method.md "Projection"). Returns on the ego body are kept and
 labelled 31 vehicle.ego (``SynthConfig.ego_hits = "label"``) or dropped ("drop"); misses are dropped.
 sample_annotation / instance / attribute are empty tables. Tokens are uuid5 of (seed, table, keys),
 timestamps start at ``SynthConfig.base_timestamp_us``: same config -> byte-identical files.

@@ -1,7 +1,7 @@
 """Camera rendering by ray casting the same scene at the camera timestamp (pinhole, no distortion).
 
 Pixel (row v, column u) looks along K^-1 [u, v, 1]: pixel centres sit at integer coordinates, the
-convention of the devkit projection followed by round() (afov-reference.md section 4.3). Colour =
+convention of the devkit projection followed by round() (docs/method.md "Projection"). Colour =
 class base colour x per-instance tint x Lambert shading (+ lane markings, building windows,
 distance haze, sky gradient) + Gaussian noise. ``depth`` is the camera z-depth (inf = sky).
 """

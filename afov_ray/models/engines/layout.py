@@ -1,7 +1,7 @@
 """Kernel layouts and conversions between engine-native and canonical convolution weights.
 
 Canonical layout (the one every engine's model exposes in ``state_dict``) is MinkowskiEngine 0.5.4's,
-so official SLidR/AFOV checkpoints load unchanged (afov-reference.md section 5.2):
+so official SLidR/AFOV checkpoints load unchanged (docs/method.md "Sparse engines and weight layout"):
 
 - k x k x k convolution (k > 1), plain or transposed: ``kernel`` of shape (k**3, Cin, Cout);
 - 1 x 1 x 1 stride-1 convolution: ``kernel`` of shape (Cin, Cout); optional ``bias`` of shape (1, Cout).

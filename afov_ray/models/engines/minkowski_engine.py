@@ -1,7 +1,7 @@
-"""MinkowskiEngine 0.5.4 adapter (the official code's engine; afov-reference.md section 5.2).
+"""MinkowskiEngine 0.5.4 adapter (the official code's engine; docs/method.md "Sparse engines and weight layout").
 
 The ``collections.Sequence`` shim that the PyPI 0.5.4 sdist needs on Python >= 3.10 is applied here,
-right before the lazy import (install-notes.md "MinkowskiEngine 0.5.4, CPU"). Canonical kernels *are*
+right before the lazy import (docs/install.md "MinkowskiEngine 0.5.4 (CPU build)"). Canonical kernels *are*
 MinkowskiEngine kernels, so they are passed to ME modules unchanged (``torch.func.functional_call``).
 """
 

@@ -1,7 +1,7 @@
 """spconv 2.x adapter (SubMConv3d / SparseConv3d / SparseInverseConv3d).
 
 On CPU, spconv 2.3.8 needs ``spconv.pytorch.ops.get_current_stream`` patched to return 0
-(install-notes.md "spconv CPU"); the patch is applied lazily when the engine is created on a machine
+(docs/install.md "spconv"); the patch is applied lazily when the engine is created on a machine
 without CUDA. Canonical kernels are converted to spconv's (Cout, kx, ky, kz, Cin) layout inside the
 autograd graph (a permute), so gradients land on the canonical parameters.
 

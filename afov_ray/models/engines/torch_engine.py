@@ -1,6 +1,6 @@
 """Pure-PyTorch sparse convolution engine (default; runs on any device; the test reference).
 
-install-notes.md "Sparse conv on CPU": kernel maps by sort + searchsorted over linearised int64 keys,
+Sparse conv on CPU: kernel maps by sort + searchsorted over linearised int64 keys,
 gather-GEMM-scatter with ``index_add_``, and a custom autograd.Function whose backward recomputes the
 gathers instead of storing K gathered copies. Stride-2 convs map each input to ``coords // 2`` (floor)
 with kernel offset ``coords % 2``; the transposed conv is the same map read backwards.
