@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,6 +36,8 @@ def main() -> None:
     ap.add_argument("--model", default="models:/afov-tmp@current")
     ap.add_argument("--zeroshot", action="store_true", help="also evaluate zero-shot segmentation")
     ap.add_argument("--out", default="", help="also write query.md / query.json here")
+    ap.add_argument("--ray", action="store_true", help="run the query pass on a local Ray actor pool (default: in "
+                                                       "this process; the figures are the same)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -51,9 +55,10 @@ def main() -> None:
     cfg = QueryConfig(model=args.model, tracking_uri=ws.tracking_uri, teacher_run=str(runs[0]),
                       prompts=list(args.prompts), sweeps=ws.sweeps, dataroot=str(ws.dataroot),
                       split_file=ws.split_file, split="val", pictures=2, viewer_scans=2,
-                      exec=ExecConfig(max_actors=1))
+                      exec=ExecConfig(use_ray=args.ray, max_actors=1))
     t0 = time.perf_counter()
-    shards = bench / ("shards-" + "-".join(p.replace(" ", "_") for p in args.prompts))
+    shards = bench / "shards"
+    shutil.rmtree(shards, ignore_errors=True)    # the bench's own folder: always a fresh measurement
     summary = run_query(str(ws.out / "pairing"), str(shards), cfg, str(bench / "view"))
     wall = time.perf_counter() - t0
     names = summary.stats["class_names"]
@@ -61,17 +66,23 @@ def main() -> None:
            "points": summary.stats["points"], "seconds": round(wall, 1), "per_prompt": summary.stats["per_prompt"],
            "prompt_encoding": summary.stats["prompt_encoding"], "view": summary.stats.get("view", {})}
     lines = ["# Text queries on the demo's TMP model", "",
-             f"Model {args.model}, teacher run {runs[0].name}; {doc['scans']} val scans, {doc['points']} points "
-             f"(`python bench/query_bench.py --demo {args.demo}`). Scores are cosine similarities of the point "
-             "features with the prompt's embedding; 'class points' are the points whose ground truth is the "
-             "prompt's class, 'other' every other labelled point; AUC 0.5 = chance.", ""]
-    lines += report_lines(summary.stats, names)
+             f"Model {args.model} of the demo (`jobs/demo.py`, configs/demo.yaml: TMP 3 epochs on the generated train "
+             f"scans), teacher run {runs[0].name}; {doc['scans']} val scans, {doc['points']} points "
+             f"(`python bench/query_bench.py --demo <demo out>{' --zeroshot' if args.zeroshot else ''}`). "
+             "Scores are cosine similarities of the point features with the prompt's embedding; 'class points' are "
+             "the points whose ground truth is the prompt's class, 'other' every other labelled point; AUC 0.5 = "
+             "chance. 'mask points': points where the prompt beats every dictionary text of another category "
+             "(no threshold).", ""]
+    table = report_lines(summary.stats, names)
+    lines += [table[0], ""] + table[1:]
     if args.zeroshot:
-        zs = zeroshot_eval(ws, "afov-tmp", str(ws.out / "pairing"), str(runs[0]), PredictConfig(),
-                           EvaluateConfig())
+        local = ExecConfig(use_ray=args.ray)
+        zs = zeroshot_eval(ws, "afov-tmp", str(ws.out / "pairing"), str(runs[0]), PredictConfig(exec=local),
+                           EvaluateConfig(exec=replace(local, cpus_per_item=0.5)))
         doc["zeroshot"] = zs
         lines += ["", "Zero-shot segmentation (each point: class of its most similar dictionary text):", "",
-                  "| points | mIoU (official) | mIoU (present classes) | accuracy | points |", "|---|---:|---:|---:|---:|"]
+                  "| val points | mIoU (official) | mIoU (present classes) | accuracy | points |",
+                  "|---|---:|---:|---:|---:|"]
         for k in ("all", "visible", "unseen"):
             r = zs["pred"][k]
             lines.append(f"| {k} | {100 * r['miou']:.1f} | {100 * r['miou_present']:.1f} | "

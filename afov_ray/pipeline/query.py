@@ -37,6 +37,7 @@ scale with a colour bar, ``afov_ray.viz.plots``) and 3D viewer pages + .ply of t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -200,6 +201,7 @@ class QueryPass(ShardPass):
     def fingerprint(self) -> dict:
         return {"model": self.cfg.model, "spec": self.spec.to_dict(), "teacher_run": self.cfg.teacher_run,
                 "prompts": self.prompts.texts, "threshold": self.cfg.threshold, "how": self.prompts.how,
+                "embeddings": hashlib.sha256(np.ascontiguousarray(self.prompts.embeddings, np.float32)).hexdigest()[:16],
                 "samples": self.cfg.samples}
 
     def items(self) -> list[PassItem]:
@@ -250,9 +252,9 @@ class QueryPass(ShardPass):
             row = scan_columns(r, tokens)
             out_rows.append({**row, "scores": s.astype(np.float16).ravel(), "mask": m.ravel()})
             gt = row["gt"]
-            if gt is None or len(gt) != s.shape[1]:
-                continue
-            gt = np.minimum(gt.astype(np.int64), C - 1)
+            if gt is None or len(gt) != s.shape[1] or (len(gt) and int(gt.max()) >= C):
+                continue    # no usable ground truth: the scan is scored, not measured
+            gt = gt.astype(np.int64)
             counts += np.bincount(gt, minlength=C)
             for p in range(P):
                 sums[p] += np.bincount(gt, weights=s[p], minlength=C)
@@ -260,6 +262,8 @@ class QueryPass(ShardPass):
                 if c is not None:
                     h_in[p] += score_histogram(s[p][gt == c])
                     h_out[p] += score_histogram(s[p][(gt != c) & (gt != 0)])
+        if not out_rows:
+            return ItemResult(item.key, skipped=skipped)
         entry = self.commit_table(item.key, pa.Table.from_pylist(out_rows, schema=query_schema(self.prompts.texts)))
         return ItemResult(item.key, shard=entry, skipped=skipped, stats={
             "scans": len(out_rows), "points": int(sum(int(r["num_points"]) for r in good)),

@@ -208,7 +208,8 @@ def plot_bev_scores(xyz: np.ndarray, scores: np.ndarray, names: Sequence[str], p
         head = str(names[i])
         if masks is not None:
             m = np.asarray(masks[i], bool)
-            ax.scatter(xyz[m, 0], xyz[m, 1], s=size * 4, facecolors="none", edgecolors="red", linewidths=0.3)
+            ax.scatter(xyz[m, 0], xyz[m, 1], s=size * 3, facecolors="none", edgecolors="red", linewidths=0.25,
+                       alpha=0.6)
             head += f" (mask: {int(m.sum())} points)"
         ax.set_title(head, fontsize=10)
         ax.set_xlim(-r, r)
