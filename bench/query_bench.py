@@ -47,6 +47,10 @@ def main() -> None:
     from afov_ray.pipeline.query import QueryConfig, report_lines, run_query
     from afov_ray.pipeline.shard_pass import ExecConfig
 
+    if not args.ray:   # as a Ray actor does (1 CPU, OMP_NUM_THREADS=1): on a busy small machine, OpenMP
+        import torch   # spin-waits make 2+ intra-op threads many times slower
+
+        torch.set_num_threads(1)
     ws = Workspace(Path(args.demo).absolute())
     runs = sorted(p for p in (ws.out / "teacher").iterdir() if (p / "run.json").exists())
     if len(runs) != 1:
