@@ -1,8 +1,9 @@
 """The whole AFOV pipeline on a generated dataset, on local Ray, with a local MLflow store.
 
-generate -> prepare -> simulated teacher -> pairing / pseudo-labels -> TMP -> distillation (initialised from
-the registry) -> predict -> AFI -> evaluate -> 1 % fine-tuning and linear probing -> report (markdown +
-plots). Every stage is resumable: re-running skips what is done.
+generate -> prepare -> simulated teacher -> pairing / pseudo-labels -> TMP (+ its zero-shot segmentation from
+the text features, docs/query.md) -> distillation (initialised from the registry) -> predict -> AFI -> evaluate
+-> 1 % fine-tuning and linear probing -> report (markdown + plots). Every stage is resumable: re-running skips
+what is done.
 
 The demo is composed from the job presets: ``configs/demo.yaml`` gives each training stage its preset
 (``defaults: [nuscenes/distill.yaml]``) plus the few settings a 2-core laptop needs; the settings that
@@ -174,6 +175,7 @@ def evaluate_model(ws: Workspace, name: str, pairing: str, predict: PredictConfi
 
     doc = run_evaluate(src, str(base / "report"), replace(
         evaluate, sweeps=ws.sweeps, dataroot=str(ws.dataroot), plots=plots,
+        viewer_scans=evaluate.viewer_scans if plots else 0,
         tracking=TrackingConfig(tracking_uri=ws.tracking_uri, experiment="afov_demo_eval", run_name=f"eval-{name}")))
     out = summarize_eval(doc)
     if "afi_assist" in variants:
@@ -183,6 +185,14 @@ def evaluate_model(ws: Workspace, name: str, pairing: str, predict: PredictConfi
     out["report_dir"] = str(base / "report")
     timer and timer.lap(f"evaluate {name}")
     return out
+
+
+def zeroshot_eval(ws: Workspace, name: str, pairing: str, teacher_run: str, predict: PredictConfig,
+                  evaluate: EvaluateConfig, timer: Timer | None = None) -> dict:
+    """Zero-shot segmentation of the TMP model ``name`` (each point takes the class of its most similar
+    dictionary text, ``predict.teacher_run``), scored like the other models; no plots."""
+    return evaluate_model(ws, name, pairing, replace(predict, teacher_run=teacher_run), None, evaluate, timer=timer,
+                          plots=False)
 
 
 def summarize_eval(doc: dict) -> dict:
@@ -222,6 +232,13 @@ def report_markdown(results: dict, differences: dict[str, str]) -> str:
              "|---|---:|---:|---:|---:|"]
     for name, r in rows:
         lines.append(f"| {name} | {pct(r['miou'])} | {pct(r['miou_present'])} | {pct(r['accuracy'])} | {r['points']} |")
+    zs = results.get("zeroshot_eval")
+    if zs:
+        rows = [(f"zero-shot from TMP features (no 3D labels), {k} points", zs["pred"][s])
+                for s, k in (("all", "all"), ("visible", "camera-visible"), ("unseen", "camera-unseen"))]
+        for name, r in rows:
+            lines.append(f"| {name} | {pct(r['miou'])} | {pct(r['miou_present'])} | {pct(r['accuracy'])} | "
+                         f"{r['points']} |")
     for key, label in (("finetune_1pct", "1 % fine-tuning (TMP init)"), ("linear_probe", "linear probe (TMP init)")):
         m = results.get(key, {})
         if "val/mIoU" in m:
@@ -234,7 +251,8 @@ def report_markdown(results: dict, differences: dict[str, str]) -> str:
               "mIoU official: GT-0 row ignored, empty-union classes count 1.0, mean over 16 classes (official "
               "utils/metrics.py); 'present classes' averages only classes with ground truth or predictions "
               "(devkit style). Fine-tuning / probe rows come from the training validation (same rules, class 0 "
-              "suppressed)."]
+              "suppressed). Zero-shot rows: the TMP model alone, each point labelled with the class of its most "
+              "similar class-dictionary text (docs/query.md)."]
     if differences:
         lines += ["", "Settings that differ from the official ones (configs/demo.yaml), and why:", ""]
         lines += [f"- `{k}`: {why}" for k, why in differences.items()]
@@ -252,6 +270,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     common = dict(pairing=tp["pairing"], teacher_run=tp["teacher_run"], experiment=cfg.experiment)
     tmp = stage_job(ws, "tmp", "afov-tmp", cfg.tmp, init=None, **common)
     results["tmp"] = train(ws, "tmp", tmp, timer)
+    results["zeroshot_eval"] = zeroshot_eval(ws, "afov-tmp", tp["pairing"], tp["teacher_run"], cfg.predict,
+                                             cfg.evaluate, timer)
     distill = stage_job(ws, "distill", "afov-distill", cfg.distill, init="models:/afov-tmp@current", **common)
     results["distill"] = train(ws, "distill", distill, timer)
     results["distill_eval"] = evaluate_model(ws, "afov-distill", tp["pairing"], cfg.predict, cfg.afi, cfg.evaluate,

@@ -5,6 +5,8 @@
 
 One run fills every row, on held-out validation scenes:
   - pseudo-label mIoU on camera-visible points;
+  - zero-shot segmentation from the TMP features alone (each point: class of its most similar dictionary text;
+    docs/query.md) on all / camera-visible / camera-unseen points: what TMP learnt, before any 3D labels;
   - annotation-free mIoU from random init, from TMP init (official text loss and the paper's variant),
     + AFI, + AFI with the 2D assist; mIoU on camera-unseen points;
   - 1 % fine-tuning and linear probing from random vs TMP vs distilled init;
@@ -84,7 +86,8 @@ def main() -> None:
 
     from afov_ray.config import load_config
     from afov_ray.datasets.synth.config import SynthConfig
-    from afov_ray.demo import Timer, Workspace, build_data, evaluate_model, stage_job, teacher_and_pairing, train
+    from afov_ray.demo import (Timer, Workspace, build_data, evaluate_model, stage_job, teacher_and_pairing, train,
+                               zeroshot_eval)
     from afov_ray.pipeline.evaluate import EvaluateConfig
     from afov_ray.pipeline.pair import PairPassConfig
     from afov_ray.pipeline.predict import PredictConfig
@@ -134,6 +137,8 @@ def main() -> None:
 
     # TMP, two text-loss forms
     R["tmp_official"] = fit("tmp-official", "tmp", "q-tmp-official", job("tmp", p["tmp_epochs"]), None)
+    R["zeroshot"] = cache.get("eval-q-zeroshot", lambda: zeroshot_eval(
+        ws, "q-tmp-official", teach["pairing"], teach["teacher_run"], predict, evaluate, timer))
     R["tmp_paper"] = fit("tmp-paper", "tmp", "q-tmp-paper", job("tmp", p["tmp_epochs"], **{"tmp.text_form": "paper"}),
                          None)
     # annotation-free distillation from three inits
@@ -188,8 +193,12 @@ def _m(ev: dict, source: str, subset: str = "all") -> dict:
 def render(R: dict) -> str:
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     t = R["q-distill-tmp"]
+    zs = R.get("zeroshot")   # absent from results computed before the zero-shot row existed: "n/a"
     rows = [
         ("Pseudo-labels (camera-visible points)", _m(t, "pseudo", "visible")),
+        ("Zero-shot from TMP features (no 3D labels), all points", zs and _m(zs, "pred")),
+        ("Zero-shot from TMP features, camera-visible points", zs and _m(zs, "pred", "visible")),
+        ("Zero-shot from TMP features, camera-unseen points", zs and _m(zs, "pred", "unseen")),
         ("Annotation-free, random init", _m(R["q-distill-random"], "pred")),
         ("Annotation-free, TMP init (official text loss)", _m(t, "pred")),
         ("Annotation-free, TMP init (paper text loss)", _m(R["q-distill-tmp-paper"], "pred")),
@@ -203,6 +212,9 @@ def render(R: dict) -> str:
              f"{R['preset']}` regenerates this table.", "",
              "| row | mIoU (official) | mIoU (present classes) | accuracy |", "|---|---:|---:|---:|"]
     for name, r in rows:
+        if r is None:
+            lines.append(f"| {name} | n/a | n/a | n/a |")
+            continue
         lines.append(f"| {name} | {pct(r['miou'])} | {pct(r['miou_present'])} | {pct(r['accuracy'])} |")
     lines += ["", "| downstream (val mIoU, official rules) | random init | TMP init | distilled init |",
               "|---|---:|---:|---:|"]
@@ -235,7 +247,10 @@ def render(R: dict) -> str:
     lines += ["", "## Orderings the paper claims", ""]
     lines += [f"- {name}: **{'holds' if ok else 'does not hold'}**" for name, ok in checks]
     lines += ["", "mIoU (official): docs/method.md#evaluation (empty-union classes count 1.0, mean over 16 classes); "
-              "'present classes' averages the classes with ground truth or predictions in the val scenes.",
+              "'present classes' averages the classes with ground truth or predictions in the val scenes. "
+              "Zero-shot: the TMP model (official text loss) alone, each point labelled with the class of its most "
+              "similar class-dictionary text (docs/query.md); n/a: not in this run's JSON (computed before the row "
+              "existed; the next run fills it).",
               f"Row times (s, measured by the process that computed each row): "
               f"{json.dumps(R.get('row_timings_s', {}))}",
               f"This process's stage times (s; cached rows and data stages are skipped in a re-run): "
@@ -294,6 +309,7 @@ def plot(R: dict, out: Path) -> None:
     bars = {"pseudo (visible)": t["pseudo"]["visible"], "TMP init (visible)": t["pred"]["visible"],
             "random init": R["q-distill-random"]["pred"]["all"],
             "TMP init": t["pred"]["all"], "TMP (paper loss)": R["q-distill-tmp-paper"]["pred"]["all"],
+            **({"zero-shot (TMP)": R["zeroshot"]["pred"]["all"]} if R.get("zeroshot") else {}),
             "+AFI": t["pred_afi"]["all"], "+AFI assist": t["pred_afi_assist"]["all"]}
     fig, ax = plt.subplots(figsize=(9, 3.5))
     ax.bar(list(bars), [100 * v["miou_present"] for v in bars.values()], color="#4a7db3")

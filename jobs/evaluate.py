@@ -10,6 +10,8 @@ Examples:
 Rules (official): GT-0 row ignored, prediction-0 column kept, empty union -> IoU 1.0 (eval.empty_union=nan for
 the devkit convention), mIoU over classes 1..C-1. The camera-visible mask is the shards' visible column
 (pairing superpoint >= 0) when present, else pseudo > 0. Scans without ground truth are skipped and named.
+The first eval.viewer_scans scans (default 2) also get a 3D viewer page each (out/viewer/index.html: prediction,
+AFI, ground truth, error and pseudo-label layers; open it in a browser, docs/viewer.md) and a .ply file.
 """
 
 from afov_ray.cli import run_job

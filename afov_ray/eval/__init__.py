@@ -1,7 +1,8 @@
 """afov_ray.eval: scoring as the official code does it.
 
-The dataset-level confusion matrix, per-class IoU and mIoU with the official conventions (``metrics``) and
-the per-split class balance of a pairing's pseudo-labels (``class_balance``). Reports over prediction shards
+The dataset-level confusion matrix, per-class IoU and mIoU with the official conventions (``metrics``),
+the per-split class balance of a pairing's pseudo-labels (``class_balance``) and zero-shot labels / text-query
+scores from TMP features with their separation measures (``zeroshot``). Reports over prediction shards
 are built by ``afov_ray.pipeline.evaluate``."""
 
 

@@ -22,7 +22,8 @@ A scan whose labels do not fit (length mismatch, labels outside [0, C)) is skipp
 (so all sources are scored on the same points) and recorded in ``errors``.
 
 Per-scene matrices are computed as Ray tasks on the shard-pass layer (records only, no shards), summed
-on the driver; results go to ``metrics.json`` + ``metrics.md`` (+ PNG plots) under ``out`` and, when
+on the driver; results go to ``metrics.json`` + ``metrics.md`` (+ PNG plots, + 3D viewer pages and .ply files of
+the first ``viewer_scans`` scans under ``viewer/``, docs/viewer.md) under ``out`` and, when
 tracking is enabled, to an MLflow run (metrics named by class, the JSON / markdown and the plots as
 artifacts). Scans without ground truth are skipped and named; the others are scored.
 """
@@ -38,11 +39,10 @@ from typing import Any, Literal
 import numpy as np
 
 from afov_ray.config import option, to_dict
-from afov_ray.datasets.sweeps import table_to_keyframes
 from afov_ray.errors import DataError
 from afov_ray.eval.metrics import confusion_matrix, evaluate_report
-from afov_ray.geometry.projection import project_points
 from afov_ray.pipeline.predictions import read_prediction_shard
+from afov_ray.pipeline.scan_views import camera_view, prediction_layers, prediction_scalars, write_views
 from afov_ray.pipeline.shard_pass import DONE_DIR, ExecConfig, ItemResult, PassItem, ShardPass, load_records, run_pass
 from afov_ray.runtime import RayKeys, init_ray
 from afov_ray.storage import shards as S
@@ -51,6 +51,7 @@ from afov_ray.storage.atomic import atomic_write_bytes, atomic_write_json
 from afov_ray.teachers.dictionary import ClassDictionary
 from afov_ray.train.tracking import Tracker, TrackingConfig
 from afov_ray.viz import plots
+from afov_ray.viz.palette import class_colors
 
 SUBSETS = ("all", "visible", "unseen")
 
@@ -72,6 +73,9 @@ class EvaluateConfig:
     sweeps: str = option("", "sweep shards (camera calibration) for the camera plot")
     dataroot: str = option("", "dataset root holding the camera images for the camera plot")
     camera: str = option("CAM_FRONT", "camera of the overlay plot")
+    viewer_scans: int = option(2, "scans written as 3D viewer pages (self-contained HTML: prediction, AFI, ground "
+                                  "truth, error, pseudo-labels) + .ply under <out>/viewer, with index.html",
+                               min=0)
     tracking: TrackingConfig = option(TrackingConfig(enabled=False), "MLflow logging of the metrics")
     exec: ExecConfig = option(ExecConfig(cpus_per_item=0.5), "how items run (Ray tasks)")
 
@@ -258,30 +262,32 @@ def make_plots(inputs: dict[str, S.Shard], doc: dict, collected: dict, cfg: Eval
 def camera_plot(row: dict, cfg: EvaluateConfig, path: Path) -> str | None:
     """Project one scan's predictions into ``cfg.camera`` (calibration from the sweep shard, image
     from the dataroot); None when the scan or camera is not found."""
-    import io
-
-    from PIL import Image
-
-    shard = U.join(cfg.sweeps, f"{U.check_component(row['scene'], 'scene')}.parquet")
-    if not U.exists(shard):
+    view = camera_view(row, cfg.sweeps, cfg.dataroot, cfg.camera)
+    if view is None:
         return None
-    table = S.read_table(S.Shard(row["scene"], shard), verify=False)
-    kfs = [k for k in table_to_keyframes(table) if k.sample_token == row["sample_token"]]
-    if not kfs:
-        return None
-    cams = [c for c in kfs[0].cameras if c.channel == cfg.camera] or kfs[0].cameras[:1]
-    if not cams:
-        return None
-    cam = cams[0]
-    try:
-        image = np.asarray(Image.open(io.BytesIO(U.read_bytes(U.join(cfg.dataroot, cam.image_path)))).convert("RGB"))
-    except (OSError, FileNotFoundError):
-        return None
-    xyz = np.asarray(row["xyz"], np.float32).reshape(-1, 3)
-    proj = project_points(xyz, cam.lidar_to_cam, cam.K, cam.width, cam.height)
+    image, proj, channel = view
     lab = np.asarray(row.get("pred_afi") if row.get("pred_afi") is not None else row["pred"])[proj.point_idx]
-    return plots.plot_camera(image, proj.uv, lab, path, f"{row['scene']} {cam.channel}: predictions",
-                             cfg.num_classes)
+    return plots.plot_camera(image, proj.uv, lab, path, f"{row['scene']} {channel}: predictions", cfg.num_classes)
+
+
+def write_viewer_pages(inputs: dict[str, S.Shard], scenes: list[str], cfg: EvaluateConfig, names: list[str],
+                       out_dir: str) -> dict:
+    """3D viewer pages (docs/viewer.md) + .ply files of the first ``cfg.viewer_scans`` scans under
+    ``<out_dir>/viewer``, with an index page; returns {"pages", "ply", "index"}."""
+
+    def rows():
+        for scene in scenes:
+            yield from read_prediction_shard(inputs[scene])
+
+    def ply(row):
+        sc = prediction_scalars(row)
+        lab = sc.get("pred_afi", sc.get("pred"))
+        return (None if lab is None else pal[np.clip(lab, 0, len(pal) - 1)]), sc
+
+    pal = class_colors(None, cfg.num_classes)
+    v = write_views(rows(), Path(out_dir) / "viewer", cfg.viewer_scans, prediction_layers, ply, class_names=names,
+                    title="AFOV evaluation scans", comments=["classes: " + " ".join(names)])
+    return {"pages": [p.path for p in v.pages], "ply": v.plys, "index": v.index}
 
 
 def run_evaluate(pred_uri: str, out_dir: str, cfg: EvaluateConfig) -> dict:
@@ -317,6 +323,7 @@ def run_evaluate(pred_uri: str, out_dir: str, cfg: EvaluateConfig) -> dict:
     md = markdown_table(doc)
     atomic_write_bytes(U.join(out_dir, "metrics.md"), md.encode())
     doc["plots"] = make_plots(inputs, doc, collected, cfg, out_dir) if cfg.plots else []
+    doc["viewer"] = write_viewer_pages(inputs, collected["scenes"], cfg, names, out_dir) if cfg.viewer_scans else {}
     if cfg.tracking.enabled:
         log_to_mlflow(doc, cfg, pred_uri, out_dir)
     return doc

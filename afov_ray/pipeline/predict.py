@@ -8,6 +8,12 @@ weights the driver loaded once and shipped through the object store) and predict
 The network is built from the model's own contract (``afov_ray.models.spec.ModelSpec``: architecture,
 classes, voxel grid and size); ``grid`` / ``voxel_size`` set here must agree with it.
 
+**Zero-shot from a TMP model** (``teacher_run`` set, docs/query.md): a TMP model has no classifier; its
+features live in the teacher's text space. Each point then takes the evaluation class of its most similar
+class-dictionary text (``afov_ray.eval.zeroshot``), mapped text -> category -> class as the pseudo-labels are;
+``logits`` (if kept) are the per-class best cosines, and ``suppress_class0`` leaves out the texts of ignored
+categories. The output is an ordinary prediction shard (evaluate, AFI and the viewer read it alike).
+
 Prediction shard schema (``afov_ray.pipeline.predictions``), one row per scan:
 
 =============  ===================  ==========================================================
@@ -48,12 +54,14 @@ from afov_ray.config import ConfigError, option
 from afov_ray.datasets.splits import read_split_file
 from afov_ray.errors import DataError
 from afov_ray.eval.metrics import suppress_class0 as _suppress_class0
+from afov_ray.eval.zeroshot import ZeroShotSegmenter
 from afov_ray.models.res16unet import build_model
 from afov_ray.models.spec import ModelSpec, check_overrides
 from afov_ray.pipeline.export import SubmissionConfig, submission_scenes, write_submission
 from afov_ray.pipeline.predictions import PREDICTION_SCHEMA_VERSION, prediction_schema
 from afov_ray.pipeline.refine import refine_scan
 from afov_ray.pipeline.shard_pass import ExecConfig, ItemResult, PassItem, PassSummary, ShardPass, run_pass
+from afov_ray.pipeline.text_space import TextSpace, load_text_space
 from afov_ray.runtime import RayKeys, init_ray
 from afov_ray.storage import shards as S
 from afov_ray.train.data import IngestConfig, collate, prepare_row
@@ -73,6 +81,9 @@ class PredictConfig:
     split_file: str | None = option(None, "split file (datasets.splits); restricts the scenes to `split`")
     split: str = option("val", "split name inside split_file")
     suppress_class0: bool = option(True, "never predict class 0 (the official final evaluate: false)")
+    teacher_run: str = option("", "zero-shot segmentation from a TMP (features) model: the teacher run folder it "
+                                  "learnt from; each point takes the class of its most similar dictionary text "
+                                  "(docs/query.md)")
     with_logits: bool = option(False, "also store per-point logits (float16)")
     name: Literal["res16unet34c", "minkunet18"] | None = option(
         None, "architecture; null: the model's (needed only for a checkpoint without a contract, e.g. official)")
@@ -116,21 +127,20 @@ def resolve_spec(spec: ModelSpec | None, cfg: PredictConfig) -> ModelSpec:
                          grid=cfg.grid or "cylindrical", voxel_size=cfg.voxel_size or 0.1,
                          intensity_offset=cfg.intensity_offset or 0.0)
     check_overrides(spec, cfg.model, **{"predict.name": ("name", cfg.name),
-                                        "predict.num_classes": ("out_channels", cfg.num_classes),
+                                        "predict.num_classes": ("out_channels", cfg.num_classes
+                                                                if spec.task == "segmentation" else None),
                                         "predict.grid": ("grid", cfg.grid),
                                         "predict.voxel_size": ("voxel_size", cfg.voxel_size),
                                         "predict.intensity_offset": ("intensity_offset", cfg.intensity_offset)})
     return spec
 
 
-def build_segmentation_model(spec: ModelSpec, state: dict[str, torch.Tensor], engine: str = "torch",
-                             source: str = "state") -> torch.nn.Module:
-    """The network of ``spec`` with ``state`` loaded strictly, in eval mode. A missing / unexpected key or
-    a shape mismatch raises DataError naming the key."""
-
-    if spec.task != "segmentation":
-        raise ConfigError(f"model {source} is a {spec.task} model (e.g. TMP), not a segmentation model")
-    model = build_model(spec.name, spec.in_channels, spec.out_channels, engine, spec.bn_momentum)
+def build_network(spec: ModelSpec, state: dict[str, torch.Tensor], engine: str = "torch",
+                  source: str = "state") -> torch.nn.Module:
+    """The network of ``spec`` (segmentation head or TMP features) with ``state`` loaded strictly, in eval
+    mode. A missing / unexpected key or a shape mismatch raises DataError naming the key."""
+    model = build_model(spec.name, spec.in_channels, spec.out_channels, engine, spec.bn_momentum,
+                        normalize_features=spec.normalize_features)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
@@ -143,18 +153,34 @@ def build_segmentation_model(spec: ModelSpec, state: dict[str, torch.Tensor], en
     return model.eval()
 
 
-@torch.inference_mode()
-def predict_scans(model: torch.nn.Module, rows: list[dict], spec: ModelSpec, suppress_class0: bool = True,
-                  with_logits: bool = False, scans_per_forward: int = 1,
-                  device: str | torch.device = "cpu") -> list[dict]:
-    """Predict every point of each input row (pairing or sweeps row dict).
+def build_segmentation_model(spec: ModelSpec, state: dict[str, torch.Tensor], engine: str = "torch",
+                             source: str = "state") -> torch.nn.Module:
+    """``build_network`` for a segmentation model (a TMP model needs ``predict.teacher_run``: zero-shot)."""
 
-    Returns per scan {"pred": (N,) uint8, "logits": (N, C) float16 or None}. Scans are forwarded
-    ``scans_per_forward`` at a time (eval-mode BN: the result does not depend on grouping)."""
+    if spec.task != "segmentation":
+        raise ConfigError(f"model {source} is a {spec.task} model (e.g. TMP), not a segmentation model; set "
+                          f"predict.teacher_run for zero-shot segmentation from its features")
+    return build_network(spec, state, engine, source)
+
+
+def build_zeroshot_model(spec: ModelSpec, state: dict[str, torch.Tensor], space: TextSpace, engine: str = "torch",
+                         source: str = "state") -> torch.nn.Module:
+    """A TMP features model + the teacher run's dictionary texts, used as a segmentation network (its
+    outputs are per-class scores, ``afov_ray.eval.zeroshot``)."""
+    d = space.dictionary
+    return ZeroShotSegmenter(build_network(spec, state, engine, source), space.texts, d.text_to_eval,
+                             d.num_eval_classes).eval()
+
+
+@torch.inference_mode()
+def forward_scans(model: torch.nn.Module, rows: list[dict], spec: ModelSpec, scans_per_forward: int = 1,
+                  device: str | torch.device = "cpu"):
+    """Voxelise the input rows (pairing or sweeps row dicts) on the model's grid, forward them
+    ``scans_per_forward`` at a time and yield ``(outputs (V, C) float32 on device, [point -> row of outputs,
+    one index array per scan of the group])``. Eval-mode BN: the result does not depend on grouping."""
 
     ing = IngestConfig(grid=spec.grid, voxel_size=spec.voxel_size, intensity_offset=spec.intensity_offset,
                        target="gt", augment=False)
-    out: list[dict] = []
     step = max(1, scans_per_forward)
     for i in range(0, len(rows), step):
         group = rows[i:i + step]
@@ -165,20 +191,77 @@ def predict_scans(model: torch.nn.Module, rows: list[dict], spec: ModelSpec, sup
                 r = dict(r, pseudo=np.zeros(n, np.int64))
             prepared.append(prepare_row(r, ing))
         batch = collate(prepared)
-        logits = model(batch["coords"].to(device), batch["feats"].to(device)).float()
+        outputs = model(batch["coords"].to(device), batch["feats"].to(device)).float()
+        offs = batch["point_offsets"].tolist()
+        inv = batch["inverse"]
+        yield outputs, [inv[offs[j]:offs[j + 1]] for j in range(len(group))]
+
+
+@torch.inference_mode()
+def predict_scans(model: torch.nn.Module, rows: list[dict], spec: ModelSpec, suppress_class0: bool = True,
+                  with_logits: bool = False, scans_per_forward: int = 1,
+                  device: str | torch.device = "cpu") -> list[dict]:
+    """Predict every point of each input row (pairing or sweeps row dict).
+
+    Returns per scan {"pred": (N,) uint8, "logits": (N, C) float16 or None}. Scans are forwarded
+    ``scans_per_forward`` at a time (eval-mode BN: the result does not depend on grouping)."""
+
+    out: list[dict] = []
+    for logits, inverses in forward_scans(model, rows, spec, scans_per_forward, device):
         if suppress_class0:
             logits = _suppress_class0(logits)
         vox_pred = logits.argmax(1).cpu()
-        offs = batch["point_offsets"].tolist()
-        inv = batch["inverse"]
-        for j in range(len(group)):
-            idx = inv[offs[j]:offs[j + 1]]
+        for idx in inverses:
             point_logits = None
             if with_logits:
                 lg = logits.cpu()[idx]
                 point_logits = torch.where(torch.isinf(lg), torch.full_like(lg, -65504.0), lg).half().numpy()
             out.append({"pred": vox_pred[idx].numpy().astype(np.uint8), "logits": point_logits})
     return out
+
+
+def read_scans(shard: S.Shard, kind: str) -> tuple[list[dict], list[dict]]:
+    """The scans of one pairing or sweeps shard as row dicts, and the scans left out (bad or non-finite
+    points) as skipped records."""
+    want = ["sample_token", "scene", "num_points", "points", "labels"]
+    want += ["pseudo", "superpoint"] if kind == "pairing" else ["lidar_token"]
+    table = S.read_table(shard, want)
+    S.check_key_column(table, shard)
+    good, skipped = [], []
+    for r in table.to_pylist():
+        name = f"{r['scene']}/{r['sample_token']}"
+        n = int(r["num_points"])
+        pts = r["points"]
+        if pts is None or len(pts) != 4 * n or n == 0:
+            skipped.append({"item": name, "message": f"points has {0 if pts is None else len(pts)} values, "
+                                                      f"expected 4*num_points = {4 * n} > 0"})
+            continue
+        if not np.isfinite(np.asarray(pts, np.float32)).all():
+            skipped.append({"item": name, "message": "non-finite point coordinates"})
+            continue
+        good.append(r)
+    return good, skipped
+
+
+def scan_columns(r: dict, tokens: dict[str, str]) -> dict:
+    """The per-scan columns every output shard of a model pass carries (identity, points, gt, pseudo, visible)."""
+    n = int(r["num_points"])
+    sp = r.get("superpoint")
+    return {"sample_token": str(r["sample_token"]), "scene": str(r["scene"]),
+            "lidar_token": r.get("lidar_token") or tokens.get(str(r["sample_token"])),
+            "num_points": n, "xyz": np.asarray(r["points"], np.float32).reshape(n, 4)[:, :3].ravel(),
+            "gt": None if r.get("labels") is None else np.asarray(r["labels"], np.uint8),
+            "pseudo": None if r.get("pseudo") is None else np.asarray(r["pseudo"], np.uint8),
+            "visible": None if sp is None else np.asarray(sp, np.int64) >= 0}
+
+
+def lidar_tokens(sweeps: dict[str, S.Shard], scene: str) -> dict[str, str]:
+    """sample_token -> lidar_token of a scene's sweep shard ({} when there is none)."""
+    if scene not in sweeps:
+        return {}
+    t = S.read_table(sweeps[scene], ["sample_token", "lidar_token"])
+    return dict(zip(t.column("sample_token").to_pylist(), t.column("lidar_token").to_pylist()))
+
 
 # ------------------------------------------------------------------------------------------------
 # the pass
@@ -201,16 +284,21 @@ class PredictPass(ShardPass):
     schema_version = PREDICTION_SCHEMA_VERSION
 
     def __init__(self, cfg: PredictConfig, inputs: dict[str, S.Shard], out_uri: str, spec: ModelSpec,
-                 state: dict[str, torch.Tensor], kind: str, sweeps: dict[str, S.Shard] | None = None):
+                 state: dict[str, torch.Tensor], kind: str, sweeps: dict[str, S.Shard] | None = None,
+                 space: TextSpace | None = None):
         super().__init__(out_uri, cfg.exec)
         self.cfg, self.inputs, self.spec, self.state, self.kind = cfg, inputs, spec, state, kind
         self.sweeps = sweeps or {}
+        self.space = space          # zero-shot from a TMP model: the teacher run's text table
         self.model = None
         self.device = "cpu"
 
     def fingerprint(self) -> dict:
-        return {"model": self.cfg.model, "spec": self.spec.to_dict(), "suppress_class0": self.cfg.suppress_class0,
-                "afi": self.cfg.afi, "with_logits": self.cfg.with_logits}
+        fp = {"model": self.cfg.model, "spec": self.spec.to_dict(), "suppress_class0": self.cfg.suppress_class0,
+              "afi": self.cfg.afi, "with_logits": self.cfg.with_logits}
+        if self.space is not None:
+            fp["zeroshot_teacher_run"] = self.cfg.teacher_run
+        return fp
 
     def items(self) -> list[PassItem]:
         chosen = select_scenes(list(self.inputs), self.cfg.scenes, self.cfg.split_file, self.cfg.split)
@@ -218,35 +306,15 @@ class PredictPass(ShardPass):
 
     def setup(self) -> None:
         self.device = "cuda" if self.cfg.exec.use_gpu and torch.cuda.is_available() else "cpu"
-        self.model = build_segmentation_model(self.spec, self.state, self.cfg.engine, self.cfg.model).to(self.device)
-
-    def _lidar_tokens(self, scene: str) -> dict[str, str]:
-        if scene not in self.sweeps:
-            return {}
-        t = S.read_table(self.sweeps[scene], ["sample_token", "lidar_token"])
-        return dict(zip(t.column("sample_token").to_pylist(), t.column("lidar_token").to_pylist()))
+        if self.space is not None:
+            model = build_zeroshot_model(self.spec, self.state, self.space, self.cfg.engine, self.cfg.model)
+        else:
+            model = build_segmentation_model(self.spec, self.state, self.cfg.engine, self.cfg.model)
+        self.model = model.to(self.device)
 
     def run_item(self, item: PassItem) -> ItemResult:
-        shard = self.inputs[item.key]
-        want = ["sample_token", "scene", "num_points", "points", "labels"]
-        want += ["pseudo", "superpoint"] if self.kind == "pairing" else ["lidar_token"]
-        table = S.read_table(shard, want)
-        S.check_key_column(table, shard)
-        rows = table.to_pylist()
-        tokens = self._lidar_tokens(item.key) if self.kind == "pairing" else {}
-        good, skipped = [], []
-        for r in rows:
-            name = f"{r['scene']}/{r['sample_token']}"
-            n = int(r["num_points"])
-            pts = r["points"]
-            if pts is None or len(pts) != 4 * n or n == 0:
-                skipped.append({"item": name, "message": f"points has {0 if pts is None else len(pts)} values, "
-                                                          f"expected 4*num_points = {4 * n} > 0"})
-                continue
-            if not np.isfinite(np.asarray(pts, np.float32)).all():
-                skipped.append({"item": name, "message": "non-finite point coordinates"})
-                continue
-            good.append(r)
+        good, skipped = read_scans(self.inputs[item.key], self.kind)
+        tokens = lidar_tokens(self.sweeps, item.key) if self.kind == "pairing" else {}
         preds = predict_scans(self.model, good, self.spec, self.cfg.suppress_class0, self.cfg.with_logits,
                               self.cfg.scans_per_forward, self.device)
         refined: list[tuple[np.ndarray | None, float | None]] = [(None, None)] * len(good)
@@ -263,20 +331,10 @@ class PredictPass(ShardPass):
                 except DataError as exc:
                     skipped.append({"item": exc.item, "message": f"AFI: {exc.message}"})
                     refined.append((None, None))
-        out_rows = []
-        for r, p, (afi_lab, changed) in zip(good, preds, refined):
-            n = int(r["num_points"])
-            sp = r.get("superpoint")
-            out_rows.append({
-                "sample_token": str(r["sample_token"]), "scene": str(r["scene"]),
-                "lidar_token": r.get("lidar_token") or tokens.get(str(r["sample_token"])),
-                "num_points": n, "xyz": np.asarray(r["points"], np.float32).reshape(n, 4)[:, :3].ravel(),
-                "pred": p["pred"], "gt": None if r.get("labels") is None else np.asarray(r["labels"], np.uint8),
-                "pseudo": None if r.get("pseudo") is None else np.asarray(r["pseudo"], np.uint8),
-                "visible": None if sp is None else np.asarray(sp, np.int64) >= 0,
-                "logits": None if p["logits"] is None else p["logits"].ravel(),
-                "pred_afi": afi_lab, "afi_changed": changed,
-            })
+        out_rows = [{**scan_columns(r, tokens), "pred": p["pred"],
+                     "logits": None if p["logits"] is None else p["logits"].ravel(),
+                     "pred_afi": afi_lab, "afi_changed": changed}
+                    for r, p, (afi_lab, changed) in zip(good, preds, refined)]
         if not out_rows:
             return ItemResult(item.key, skipped=skipped)
         entry = self.commit_table(item.key, pa.Table.from_pylist(out_rows, schema=prediction_schema()))
@@ -296,8 +354,25 @@ def load_for_predict(cfg: PredictConfig) -> tuple[ModelSpec, dict[str, torch.Ten
 
     state, spec = load_model(cfg.model, tracking_uri=cfg.tracking_uri)
     spec = resolve_spec(spec, cfg)
-    build_segmentation_model(spec, state, "torch", cfg.model)  # fail fast on a mismatching model
+    if spec.task == "segmentation" or not cfg.teacher_run:
+        build_segmentation_model(spec, state, "torch", cfg.model)  # fail fast on a mismatching model
+    else:
+        build_network(spec, state, "torch", cfg.model)
     return spec, state
+
+
+def zeroshot_space(cfg: PredictConfig, spec: ModelSpec) -> TextSpace | None:
+    """The teacher run's text table when ``cfg`` predicts zero-shot from a TMP model, else None."""
+    if spec.task != "features":
+        if cfg.teacher_run:
+            raise ConfigError("config key 'predict.teacher_run': only for a TMP (features) model; "
+                              f"{cfg.model} is a {spec.task} model")
+        return None
+    space = load_text_space(cfg.teacher_run, spec, "predict.teacher_run")
+    if cfg.num_classes is not None and cfg.num_classes != space.dictionary.num_eval_classes:
+        raise ConfigError(f"config key 'predict.num_classes' = {cfg.num_classes}: zero-shot labels are the "
+                          f"{space.dictionary.num_eval_classes} classes of the {space.dictionary.name!r} dictionary")
+    return space
 
 
 def run_predict(in_uri: str, out_uri: str, cfg: PredictConfig) -> PassSummary:
@@ -309,10 +384,11 @@ def run_predict(in_uri: str, out_uri: str, cfg: PredictConfig) -> PassSummary:
     sweeps = S.open_folder(cfg.sweeps, require_manifest=cfg.exec.require_manifest, what="sweeps folder") \
         if cfg.sweeps else None
     spec, state = load_for_predict(cfg)
+    space = zeroshot_space(cfg, spec)
     if cfg.exec.use_ray:
         init_ray()
     t0 = time.perf_counter()
-    summary = run_pass(PredictPass(cfg, inputs, out_uri, spec, state, kind, sweeps))
+    summary = run_pass(PredictPass(cfg, inputs, out_uri, spec, state, kind, sweeps, space))
     wall = time.perf_counter() - t0
     summary.stats["scans_per_second"] = summary.stats.get("scans", 0) / wall if wall > 0 else 0.0
     return summary

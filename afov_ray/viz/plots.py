@@ -5,6 +5,9 @@ its path), all with the one palette of ``afov_ray.viz.palette``.
 - ``plot_iou_bars``: per-class IoU bars, one bar per prediction source (raw / AFI / pseudo).
 - ``plot_bev``: bird's-eye view of one scan: prediction | ground truth | error map.
 - ``plot_camera``: predictions projected on a camera image.
+- ``plot_bev_scores``: bird's-eye views of one scan coloured by per-point scores (one panel per text query), with
+  a colour bar.
+- ``plot_camera_scores``: per-point scores projected on a camera image (one panel per query), with a colour bar.
 - ``plot_depth_overlay``: LiDAR points on a camera image coloured by depth (``jobs/inspect_data.py``).
 - ``plot_labels_bev``: one sweep from above coloured by label (``jobs/inspect_data.py``).
 """
@@ -173,4 +176,75 @@ def plot_labels_bev(xyz: np.ndarray, labels: np.ndarray | None, path: str | Path
     ax.set_xlabel("-y [m]")
     ax.set_ylabel("x [m]")
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def _score_grid(n: int, cols: int = 3) -> tuple[int, int]:
+    cols = max(1, min(cols, n))
+    return (n + cols - 1) // cols, cols
+
+
+def plot_bev_scores(xyz: np.ndarray, scores: np.ndarray, names: Sequence[str], path: str | Path, title: str = "",
+                    vmin: float = 0.0, vmax: float = 1.0, cmap: str = "viridis", label: str = "score",
+                    masks: np.ndarray | None = None, extent: float | None = None) -> str:
+    """Bird's-eye views (x right, y up) of one scan, one panel per row of ``scores`` (P, N), coloured on one
+    shared scale [vmin, vmax] with a colour bar; higher scores are drawn on top. ``masks`` (P, N) bool: the
+    panel title gives each mask's point count and its outline is drawn in red."""
+    plt = _plt()
+    xyz = np.asarray(xyz)
+    scores = np.atleast_2d(np.asarray(scores, np.float32))
+    rows, cols = _score_grid(len(scores))
+    r = extent or (float(np.percentile(np.abs(xyz[:, :2]), 98)) if len(xyz) else 1.0)
+    size = float(np.clip(20000.0 / max(len(xyz), 1), 0.3, 4.0))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 5 * rows), squeeze=False)
+    sc = None
+    for i, ax in enumerate(axes.ravel()):
+        if i >= len(scores):
+            ax.axis("off")
+            continue
+        order = np.argsort(np.nan_to_num(scores[i], nan=-np.inf), kind="stable")
+        sc = ax.scatter(xyz[order, 0], xyz[order, 1], c=scores[i][order], s=size, linewidths=0, cmap=cmap,
+                        vmin=vmin, vmax=vmax)
+        head = str(names[i])
+        if masks is not None:
+            m = np.asarray(masks[i], bool)
+            ax.scatter(xyz[m, 0], xyz[m, 1], s=size * 3, facecolors="none", edgecolors="red", linewidths=0.25,
+                       alpha=0.6)
+            head += f" (mask: {int(m.sum())} points)"
+        ax.set_title(head, fontsize=10)
+        ax.set_xlim(-r, r)
+        ax.set_ylim(-r, r)
+        ax.set_aspect("equal")
+        ax.set_xlabel("x (m)")
+    if sc is not None:
+        fig.colorbar(sc, ax=axes.ravel().tolist(), fraction=0.03, label=label)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_camera_scores(image: np.ndarray, uv: np.ndarray, scores: np.ndarray, names: Sequence[str],
+                       path: str | Path, title: str = "", vmin: float = 0.0, vmax: float = 1.0,
+                       cmap: str = "viridis", label: str = "score") -> str:
+    """Projected points (uv = column, row) coloured by their scores over the camera image, one panel per
+    row of ``scores`` (P, M), one shared colour scale with a colour bar."""
+    plt = _plt()
+    scores = np.atleast_2d(np.asarray(scores, np.float32))
+    h, w = image.shape[:2]
+    rows, cols = _score_grid(len(scores), 3)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, (6 * h / max(w, 1) + 0.6) * rows), squeeze=False)
+    sc = None
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i >= len(scores):
+            continue
+        ax.imshow(image)
+        order = np.argsort(np.nan_to_num(scores[i], nan=-np.inf), kind="stable")
+        sc = ax.scatter(uv[order, 0], uv[order, 1], c=scores[i][order], s=10.0, linewidths=0, alpha=0.9,
+                        cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.set_title(str(names[i]), fontsize=10)
+    if sc is not None:
+        fig.colorbar(sc, ax=axes.ravel().tolist(), fraction=0.03, label=label)
+    fig.suptitle(title)
     return _save(fig, path)

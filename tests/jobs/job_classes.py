@@ -6,6 +6,7 @@ from afov_ray.pipeline.evaluate import EvaluateJob
 from afov_ray.pipeline.pair import PairJob
 from afov_ray.pipeline.predict import PredictJob
 from afov_ray.pipeline.prepare import PrepareJob
+from afov_ray.pipeline.query import QueryJob
 from afov_ray.pipeline.refine import AFIJob
 from afov_ray.pipeline.teacher import TeacherJob
 from afov_ray.train.jobs import TrainJob
@@ -15,4 +16,5 @@ JOBS = {
     "prepare.py": PrepareJob, "inspect_data.py": InspectJob, "teacher.py": TeacherJob, "pair.py": PairJob,
     "tmp.py": TrainJob, "distill.py": TrainJob, "finetune.py": TrainJob, "predict.py": PredictJob,
     "afi.py": AFIJob, "evaluate.py": EvaluateJob, "sweep.py": SweepJob, "demo.py": DemoConfig,
+    "query.py": QueryJob,
 }

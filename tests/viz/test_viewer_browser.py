@@ -180,3 +180,31 @@ def test_real_semantickitti_scan_page(chromium, real_data, tmp_path):
     road = _u8(P.class_colors("semantickitti")[9])  # magenta
     vegetation = _u8(P.class_colors("semantickitti")[15])
     assert _pixels_near(shot, road) > 500 and _pixels_near(shot, vegetation) > 500
+
+
+def test_query_page_score_and_mask_layers(chromium, tmp_path):
+    """A page of the query job (afov_ray.pipeline.query): a score layer per prompt on one shared colour scale and a
+    two-class mask layer with its own names and palette, plus the ground truth."""
+    from afov_ray.pipeline.query import MASK_RGB, query_layers, score_range
+
+    xyz, pred, gt, score = _synthetic_scene(n=1500, seed=1)
+    scores = np.stack([score, 1.0 - score]).astype(np.float32)
+    mask = scores > 0.6
+    row = {"scene": "synthetic", "sample_token": "q", "num_points": len(xyz), "xyz": xyz.ravel(), "gt": gt,
+           "scores": scores, "mask": mask}
+    layers = query_layers(["car", "road"])(row)
+    page = write_scan_html(tmp_path / "query.html", xyz, layers, dataset="nuscenes", title="query", point_size=3)
+    lo, hi = score_range(scores)
+    with _browser(chromium, tmp_path) as b:
+        _load(b, Path(page.path))
+        assert b.evaluate("afovViewer.layers") == ["score: car", "score: road", "mask: car", "mask: road",
+                                                   "ground truth"]
+        assert b.evaluate("Array.from(afovViewer.colors())") == P.to_hex(P.score_colors(scores[0], lo, hi))
+        b.click('button.afov-layer[data-layer="mask: road"]')
+        b.wait_for("afovViewer.current === 'mask: road'", timeout=60)
+        want = np.where(mask[1], P.to_hex(np.asarray(MASK_RGB))[0], P.to_hex(np.asarray(P.IGNORE_RGB))[0])
+        assert b.evaluate("Array.from(afovViewer.colors())") == want.tolist()
+        legend = b.evaluate("Array.from(document.querySelectorAll('#afov-legend .afov-row')).map(r => r.textContent)")
+        assert len(legend) == 2 and "road" in legend[1] and str(int(mask[1].sum())) in legend[1]
+        assert b.console_errors() == []
+        _assert_offline(b.requested_urls(), page.path)
