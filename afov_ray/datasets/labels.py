@@ -1,4 +1,4 @@
-"""Raw dataset labels -> evaluation classes (afov-reference.md section 3).
+"""Raw dataset labels -> evaluation classes (docs/method.md#label-maps-and-the-ignore-index).
 
 nuScenes-lidarseg: 32 raw classes (devkit names, index 0..31) -> 16 evaluation classes (ids 1..16),
 ignore = 0. This is the standard nuScenes-lidarseg challenge map, identical to the devkit's
@@ -74,7 +74,7 @@ NUSCENES_EVAL_NAMES: tuple[str, ...] = (
 )
 NUSCENES_NUM_CLASSES = len(NUSCENES_EVAL_NAMES)  # 17 including ignore
 
-# raw:eval, afov-reference.md section 3 ("Raw->eval map"); 99 and every other value -> 0.
+# raw:eval, the nuScenes-lidarseg 16-class map (docs/method.md); 99 and every other value -> 0.
 NUSCENES_RAW_TO_EVAL: dict[int, int] = {
     0: 0, 1: 0, 2: 7, 3: 7, 4: 7, 5: 0, 6: 7, 7: 0, 8: 0, 9: 1, 10: 0, 11: 0, 12: 8, 13: 0, 14: 2,
     15: 3, 16: 3, 17: 4, 18: 5, 19: 0, 20: 0, 21: 6, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14,
@@ -105,7 +105,7 @@ KITTI_EVAL_NAMES: tuple[str, ...] = (
 )
 KITTI_NUM_CLASSES = len(KITTI_EVAL_NAMES)  # 20 including ignore (model_n_out: 20)
 
-# raw (low 16 bits):eval, afov-reference.md section 3; every other value -> 0.
+# raw (low 16 bits):eval, official downstream/dataloader_kitti.py; every other value -> 0.
 KITTI_RAW_TO_EVAL: dict[int, int] = {
     0: 0, 1: 0, 10: 1, 11: 2, 13: 5, 15: 3, 16: 5, 18: 4, 20: 5, 30: 6, 31: 7, 32: 8, 40: 9, 44: 10,
     48: 11, 49: 12, 50: 13, 51: 14, 52: 0, 60: 9, 70: 15, 71: 16, 72: 17, 80: 18, 81: 19, 99: 0,

@@ -68,7 +68,7 @@ def nuscenes_skip_scenes(
     skip_step: int = 100,
     min_scenes: int = 0,
 ) -> tuple[list[str], dict[str, Any]]:
-    """The 1 % scene rule of afov-reference.md 6.1.
+    """The 1 % scene rule (docs/method.md#one-percent-splits).
 
     ``table_scenes``: all scene names in ``nusc.scene`` order; ``split_scenes``: the phase split.
     Returns (selected scene names in table order, rule record). ``skip_step <= 1`` keeps all.
@@ -120,7 +120,7 @@ def make_nuscenes_splits(
 
 def standard_nuscenes_splits(reader: Any, skip_step: int = 100, min_1pct_scenes: int = 0) -> dict[str, Split]:
     """The splits every job uses: "train" (all train scenes), "val", and "train_1pct" (the pinned
-    1 % rule of afov-reference.md 6.1; on small data it selects nothing unless ``min_1pct_scenes`` is
+    1 % rule of docs/method.md#one-percent-splits; on small data it selects nothing unless ``min_1pct_scenes`` is
     set, and the rule record says how many scenes were added)."""
     full = make_nuscenes_splits(reader, ("train", "val"), skip_step=1)
     one = make_nuscenes_splits(reader, ("train",), skip_step=skip_step, min_scenes=min_1pct_scenes)["train"]

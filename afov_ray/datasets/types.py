@@ -1,7 +1,7 @@
 """The in-memory record every reader produces and every later stage consumes.
 
 A ``Keyframe`` is one LiDAR sweep with the cameras of the same sample and the full calibration
-chain already folded into one 4x4 matrix per camera (afov-reference.md section 4.3):
+chain already folded into one 4x4 matrix per camera (docs/method.md#projection):
 
     lidar -> ego(lidar time) -> global -> ego(camera time) -> camera   ==  ``CameraFrame.lidar_to_cam``
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Fixed camera order of the official code (afov-reference.md 4.4): later cameras win there.
+# Fixed camera order of the official code (official superpixel2superpoint.py): later cameras win there.
 NUSCENES_CAMERAS = (
     "CAM_FRONT",
     "CAM_FRONT_RIGHT",

@@ -1,7 +1,7 @@
 """Superpixel-superpoint pairing and per-point pseudo-labels.
 
-afov-reference.md sections 2.1, 2.3 and 4.3-4.4. Per keyframe, every LiDAR point is projected into
-each camera (depth > 1 m, strict bounds, pixel = (round(v), round(u))). Each projection that lands on
+docs/method.md#pairing-and-pseudo-labels (official ``ov_segment/*/superpixel2superpoint.py``). Per keyframe,
+every LiDAR point is projected into each camera (depth > 1 m, strict bounds, pixel = (round(v), round(u))). Each projection that lands on
 a teacher mask is a *pairing* (point, camera, pixel, mask id). Superpixel ids are global per keyframe:
 ``camera_index * stride + mask_id`` (stride 150 officially; masks must stay below it).
 

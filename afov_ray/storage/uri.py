@@ -1,4 +1,4 @@
-"""URIs: every path in afov_ray is a local folder or ``s3://bucket/prefix`` (design.md "Data flow").
+"""URIs: every path in afov_ray is a local folder or ``s3://bucket/prefix``.
 
 ``resolve`` turns a URI into a ``pyarrow.fs`` filesystem and a path inside it; the small helpers
 below (``join``, ``exists``, ``listdir``, ``read_bytes``, ``write_bytes``) work on both kinds.
