@@ -1,8 +1,8 @@
 """Superpixel-superpoint pairing and per-point pseudo-labels.
 
 docs/method.md#pairing-and-pseudo-labels (official ``ov_segment/*/superpixel2superpoint.py``). Per keyframe,
-every LiDAR point is projected into each camera (depth > 1 m, strict bounds, pixel = (round(v), round(u))). Each projection that lands on
-a teacher mask is a *pairing* (point, camera, pixel, mask id). Superpixel ids are global per keyframe:
+every LiDAR point is projected into each camera (depth > 1 m, strict bounds, pixel = (round(v), round(u))).
+Each projection that lands on a teacher mask is a *pairing* (point, camera, pixel, mask id). Superpixel ids are global per keyframe:
 ``camera_index * stride + mask_id`` (stride 150 officially; masks must stay below it).
 
 Pseudo-labels (one per point) follow one of two rules:
