@@ -187,6 +187,14 @@ def write_splits(cfg: PrepareConfig, out_uri: str, reader: Reader) -> dict:
     return {k: len(v.scenes) for k, v in splits.items()}
 
 
+def empty_split_note(name: str, dataset: str) -> str:
+    """Why a split of the split file is empty, in one line."""
+    if name == "train_1pct" and dataset == "nuscenes":
+        return (f"split {name!r} is empty: the 1 % rule keeps the 100th, 200th, ... train scene of the table and "
+                f"this dataroot has fewer (set prepare.min_1pct_scenes to top it up)")
+    return f"split {name!r} is empty: no scene of this dataroot is in it"
+
+
 def run_prepare(cfg: PrepareConfig, out_uri: str, reader: Reader | None = None) -> PassSummary:
     """Prepare every selected scene (resuming); write splits.json; returns the pass summary
     (``stats``: keyframes, keyframes_skipped, and ``splits``)."""
@@ -222,4 +230,6 @@ def prepare_job(cfg: PrepareJob) -> int:
     print(f"keyframes: {st.get('keyframes', 0)} written, {st.get('keyframes_skipped', 0)} skipped")
     if "splits" in st:
         print("splits: " + ", ".join(f"{k}={v} scenes" for k, v in st["splits"].items()))
+        for k in [k for k, v in st["splits"].items() if v == 0]:
+            print(f"  {empty_split_note(k, cfg.prepare.dataset)}")
     return summary.exit_code

@@ -283,3 +283,74 @@ def test_scans_without_ground_truth_are_listed_not_failed(lidar_only, tmp_path):
     doc = run_evaluate(pred.out, str(tmp_path / "eval"), EvaluateConfig(num_classes=20, dictionary="kitti",
                                                                         plots=False, exec=LOCAL))
     assert doc["exit_code"] == 0 and doc["scans"] == 1 and doc["unscored"] == ["08/08/000001"]
+
+
+# ------------------------------------------------------------------------------------------------
+# one-line errors, warnings and splits on real data
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _job(*args: str):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled"))
+
+
+def test_jobs_give_one_line_errors_on_real_data(ns, tmp_path, make_nuscenes_root):
+    """jobs/prepare.py on a table set without ego_pose.json and calibrated_sensor.json; jobs/teacher.py with the
+    simulated teacher on real sweeps: exit 1, one stderr line naming what is wrong, no traceback."""
+    root = make_nuscenes_root(tmp_path / "root")
+    for t in ("ego_pose", "calibrated_sensor"):
+        (root / VERSION / f"{t}.json").unlink()
+    proc = _job("jobs/prepare.py", f"prepare.dataroot={root}", f"prepare.version={VERSION}", f"out={tmp_path / 'o'}",
+                "prepare.exec.use_ray=false")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "incomplete nuScenes table set: missing calibrated_sensor.json, ego_pose.json" in line
+    proc = _job("jobs/teacher.py", f"sweeps={ns['prep'].out}", f"out={tmp_path / 't'}", f"teacher.dataroot={ns['root']}",
+                "teacher.exec.use_ray=false")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert str(ns["root"]) in line and "simulated teacher needs a dataroot made by the generator" in line
+
+
+def test_prepare_job_prints_warnings_and_never_marks_an_empty_scene_done(tmp_path, make_nuscenes_root, real_data,
+                                                                       capsys):
+    from afov_ray.config import load_config
+    from afov_ray.pipeline.prepare import PrepareJob, prepare_job
+
+    root = make_nuscenes_root(tmp_path / "root", lidarseg_labels=lambda tok, n: np.zeros(n, np.uint8))
+    (root / VERSION / "lidarseg.json").unlink()        # label files without their table
+    cfg = load_config(PrepareJob, None, [f"prepare.dataroot={root}", f"prepare.version={VERSION}",
+                                         f"out={tmp_path / 'o'}", "prepare.exec.use_ray=false",
+                                         "prepare.exec.progress=false"])
+    assert prepare_job(cfg) == 0
+    out = capsys.readouterr().out
+    assert "WARNING lidarseg/v1.0-mini/ holds 5 lidarseg label files but v1.0-mini/lidarseg.json is missing" in out
+    assert "keyframes: 5 written" in out and "split 'train' is empty" in out
+    # SemanticKITTI with cameras but no calib.txt: every scan skipped, the sequence fails (never marked done)
+    kroot = kitti_root(tmp_path / "k", real_data)
+    (kroot / "sequences/08/calib.txt").unlink()
+    s = run_prepare(PrepareConfig(dataset="semantickitti", dataroot=str(kroot), exec=LOCAL), str(tmp_path / "ko"))
+    assert s.written == ["00"] and [f["item"] for f in s.failed] == ["08"] and s.exit_code == 1
+    assert "produced no rows" in s.failed[0]["message"] and "calibration file missing" in s.failed[0]["message"]
+    assert "prepare.cameras=false" in s.failed[0]["message"]
+    assert not (Path(s.out) / "_done" / "08.json").exists() and not s.manifest_written
+
+
+def test_training_splits_on_real_prepared_data(ns, kitti):
+    """nuScenes scene-0916 is a val scene: the train splits are empty and training says so; SemanticKITTI's
+    train_1pct is frame-level (its keyframes are selected), val is the whole sequence 08."""
+    from afov_ray.train.jobs import DataConfig, split_selection
+
+    ns_cfg = DataConfig(pairing=ns["pair"].out, split_file=str(ns["base"] / "out" / "splits.json"))
+    with pytest.raises(DataError, match="split 'train_1pct' is empty"):
+        split_selection(ns_cfg, "train_1pct")
+    assert split_selection(ns_cfg, "val") == (["scene-0916"], None)
+    k_cfg = DataConfig(pairing=kitti["pair"].out, split_file=str(kitti["base"] / "out" / "splits.json"))
+    assert split_selection(k_cfg, "train_1pct") == (["00"], ["00/000008"])
+    assert split_selection(k_cfg, "val") == (["08"], None)
