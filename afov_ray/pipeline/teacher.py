@@ -64,8 +64,9 @@ class TeacherPassConfig:
             return OracleBackend(self.oracle, self.dictionary)
         return MaskCLIPBackend(self.maskclip, self.dictionary, self.dataroot)
 
-    def check(self) -> None:
-        """The keys the chosen backend needs (one-line ConfigError)."""
+    def require_keys(self) -> None:
+        """The keys the chosen backend needs (one-line ConfigError; checked when the pass runs, not when the
+        config is parsed, so a composed config such as the demo's may fill them in later)."""
         if self.teacher in ("simulated", "maskclip") and not self.dataroot:
             raise ConfigError(f"config key 'teacher.dataroot': required for teacher={self.teacher} (the dataset "
                               f"root holding the camera images)")
@@ -131,7 +132,7 @@ def run_teacher_pass(sweeps_uri: str, out_uri: str, cfg: TeacherPassConfig) -> P
     """Label every camera image of the sweep shards; returns the pass summary, whose ``stats`` carry
     ``run_id`` and ``run_uri`` (the folder to give the pair pass)."""
 
-    cfg.check()
+    cfg.require_keys()
     sweeps = S.open_folder(sweeps_uri, require_manifest=cfg.exec.require_manifest, what="sweeps folder")
     backend = cfg.backend()
     run, text, extra = backend.run_record()     # on the driver: a bad setting or input fails here, once
@@ -155,7 +156,7 @@ class TeacherJob(RayKeys):
 def teacher_job(cfg: TeacherJob) -> int:
     """The body of ``jobs/teacher.py``."""
 
-    cfg.teacher.check()
+    cfg.teacher.require_keys()
     if cfg.teacher.exec.use_ray:
         cfg.start_ray()
     summary = run_teacher_pass(cfg.sweeps, cfg.out, cfg.teacher)
