@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from afov_ray.errors import DataError
-from afov_ray.teachers.clip_model import build_clip, clip_config, load_clip
+from afov_ray.config import ConfigError
+from afov_ray.teachers.clip_model import build_clip, clip_config, load_clip, read_state_dict
 from afov_ray.teachers.maskclip import (
     IMAGENET_TEMPLATES,
     VILD_TEMPLATES,
@@ -87,12 +88,15 @@ def test_checkpoint_file_loads(tmp_path, tiny):
     torch.save(wrapped, tmp_path / "wrapped.pt")
     m2 = load_clip(tmp_path / "wrapped.pt", TINY)
     assert torch.allclose(m2.state_dict()["visual.proj"], sd["visual.proj"].half().float())
-    # OpenAI's original checkpoints are TorchScript archives: read through torch.jit.load
+    # OpenAI's original checkpoints are TorchScript archives: they run code when loaded, so they are refused
+    # unless the file is trusted (teacher.maskclip.allow_torchscript), then read through torch.jit.load
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.trace_module(tiny, {"encode_image": img})
         scripted.save(str(tmp_path / "openai_style.pt"))
-        m3 = load_clip(tmp_path / "openai_style.pt", TINY)
+        with pytest.raises(DataError, match="openai_style.pt: not a weights-only state dict.*allow_torchscript"):
+            load_clip(tmp_path / "openai_style.pt", TINY)
+        m3 = load_clip(read_state_dict(tmp_path / "openai_style.pt", allow_torchscript=True), TINY)
     for k, v in sd.items():
         assert torch.equal(m3.state_dict()[k], v), k
     # a checkpoint of another shape names the file and the key
@@ -187,7 +191,7 @@ def test_text_encoder_pools_eot_and_ignores_padding(tiny):
 
 def _cfg(bpe_path, **kw) -> MaskCLIPConfig:
     base = dict(model="tiny", quick_gelu=False, bpe_path=bpe_path, templates="vild", image_short_side=32,
-                device="cpu", row_chunk=7)
+                device="cpu", row_chunk=7, allow_random_weights=True)
     return MaskCLIPConfig(**(base | kw))
 
 
@@ -266,8 +270,16 @@ def test_teacher_on_synthetic_image(bpe_path):
 
 
 def test_missing_bpe_is_named(tmp_path):
-    with pytest.raises(DataError, match="bpe_path"):
-        MaskCLIPTeacher(MaskCLIPConfig(model="tiny", bpe_path="", device="cpu"), ["car"])
+    missing = tmp_path / "no_vocab.txt.gz"
+    with pytest.raises(DataError) as e:
+        MaskCLIPTeacher(MaskCLIPConfig(model="tiny", bpe_path=str(missing), device="cpu", allow_random_weights=True),
+                        ["car"])
+    assert str(missing) in str(e.value)
+
+
+def test_random_weights_are_refused_unless_allowed(bpe_path):
+    with pytest.raises(ConfigError, match="teacher.maskclip.weights.*allow_random_weights"):
+        MaskCLIPTeacher(MaskCLIPConfig(model="tiny", bpe_path=bpe_path, device="cpu"), ["car"])
 
 
 # ------------------------------------------------------------------ end to end through Ray Data
