@@ -113,7 +113,7 @@ def oracle_mask_map(xyz: np.ndarray, point_text: np.ndarray, cam: CameraFrame, r
     win = order[first]
     text_map = np.full(H * W, -1, np.int64)
     text_map[pix[win]] = text[inside][win]
-    present = np.unique(text_map[text_map >= 0])
+    present = np.flatnonzero(np.bincount(text_map[text_map >= 0]))   # texts present, ascending
     if len(present) > 255:
         raise DataError(cam.token, f"{len(present)} classes in one image do not fit an 8-bit mask map")
     mask_map = np.zeros(H * W, np.uint8)
