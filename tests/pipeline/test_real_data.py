@@ -39,6 +39,7 @@ from tests.pipeline.real_roots import kitti_root, save_model, spatial_lidarseg
 
 LOCAL = ExecConfig(use_ray=False, progress=False)
 VERSION = "v1.0-mini"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -229,7 +230,7 @@ def lidar_only(tmp_path_factory, real_data):
     return {"base": base, "root": root, "prep": run_prepare(cfg, str(base / "out"))}
 
 
-def test_lidar_only_semantickitti(lidar_only, tmp_path):
+def test_lidar_only_semantickitti(lidar_only, tmp_path, capsys):
     prep = lidar_only["prep"]
     assert prep.exit_code == 0 and prep.stats["keyframes"] == 1 and prep.written == ["08"]
     t = pq.read_table(f"{prep.out}/08.parquet")
@@ -248,6 +249,19 @@ def test_lidar_only_semantickitti(lidar_only, tmp_path):
     assert set(doc["sources"]["pred"]) == {"all"}          # no camera: no visible / unseen subsets
     gt = np.fromfile(lidar_only["root"] / "sequences/08/labels/000000.label", np.uint32)
     assert doc["sources"]["pred"]["all"]["n_points"] == int((kitti_raw_to_eval(gt) > 0).sum())
+    # AFI with the SemanticKITTI preset (no nuScenes ground step), as jobs/afi.py runs it; then its mIoU
+    from afov_ray.config import load_config
+    from afov_ray.pipeline.refine import AFIJob, afi_job
+
+    afi_cfg = load_config(AFIJob, str(ROOT / "configs/semantickitti/afi.yaml"),
+                          [f"pred={pred.out}", f"out={tmp_path / 'pred_afi'}", "afi_pass.exec.use_ray=false",
+                           "afi_pass.exec.progress=false"])
+    assert afi_job(afi_cfg) == 0
+    assert "afi: 1 items, 0 already done, 1 new, 0 failed" in capsys.readouterr().out
+    doc_afi = run_evaluate(str(tmp_path / "pred_afi"), str(tmp_path / "eval_afi"),
+                           EvaluateConfig(num_classes=20, dictionary="kitti", plots=False, exec=LOCAL))
+    assert doc_afi["exit_code"] == 0 and doc_afi["sources"]["pred_afi"]["all"]["n_points"] == doc["points"] - \
+        int((kitti_raw_to_eval(gt) == 0).sum())
     info = write_submission(pred.out, str(tmp_path / "sub"), SubmissionConfig(format="semantickitti", split="val"))
     assert info["files"] == 1 and info["points"] == 123389
     lab = np.fromfile(tmp_path / "sub/sequences/08/predictions/000000.label", np.uint32)
@@ -287,8 +301,6 @@ def test_scans_without_ground_truth_are_listed_not_failed(lidar_only, tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 # one-line errors, warnings and splits on real data
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _job(*args: str):
