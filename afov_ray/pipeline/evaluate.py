@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,7 +61,8 @@ class EvaluateConfig:
     sources: list[str] = option(["pred", "pred_afi", "pseudo"], "prediction columns to score (missing ones "
                                                                    "are skipped)",
                                 choices=("pred", "pred_afi", "pseudo"))
-    num_classes: int = option(17, "classes including ignore 0 (17 nuScenes, 20 SemanticKITTI)", min=2)
+    num_classes: int | None = option(None, "classes including ignore 0; null: the dictionary's (17 nuscenes, "
+                                           "20 kitti)", min=2)
     dictionary: str = option("nuscenes", "class names from this dictionary (nuscenes | kitti | YAML)")
     empty_union: Literal["one", "nan", "zero"] = option("one", "IoU of a class with an empty union: one "
                                                               "(official) | nan (devkit) | zero")
@@ -298,6 +299,7 @@ def run_evaluate(pred_uri: str, out_dir: str, cfg: EvaluateConfig) -> dict:
 
     t0 = time.perf_counter()
     names = list(ClassDictionary.load(cfg.dictionary).eval_class_names)
+    cfg = replace(cfg, num_classes=cfg.num_classes or len(names))
     if len(names) != cfg.num_classes:
         names = [str(i) for i in range(cfg.num_classes)]
     inputs = S.open_folder(pred_uri, require_manifest=cfg.exec.require_manifest, what="prediction folder")

@@ -213,7 +213,7 @@ def test_semantickitti_predict_and_evaluate_20_classes(kitti, tmp_path):
     model = save_model(tmp_path / "model", 20, "kitti")
     pred = run_predict(kitti["pair"].out, str(tmp_path / "pred"), PredictConfig(model=model, exec=LOCAL))
     assert pred.exit_code == 0 and pred.stats["scans"] == 2
-    doc = run_evaluate(pred.out, str(tmp_path / "eval"), EvaluateConfig(num_classes=20, dictionary="kitti",
+    doc = run_evaluate(pred.out, str(tmp_path / "eval"), EvaluateConfig(dictionary="kitti",
                                                                         plots=False, exec=LOCAL))
     assert doc["exit_code"] == 0 and doc["scans"] == 2 and len(doc["class_names"]) == 20
     assert doc["class_names"][9] == "road" and doc["class_names"][19] == "traffic-sign"
@@ -243,7 +243,7 @@ def test_lidar_only_semantickitti(lidar_only, tmp_path, capsys):
     model = save_model(tmp_path / "model", 20, "kitti")
     pred = run_predict(prep.out, str(tmp_path / "pred"), PredictConfig(model=model, exec=LOCAL))
     assert pred.exit_code == 0 and pred.stats["scans"] == 1
-    doc = run_evaluate(pred.out, str(tmp_path / "eval"), EvaluateConfig(num_classes=20, dictionary="kitti",
+    doc = run_evaluate(pred.out, str(tmp_path / "eval"), EvaluateConfig(dictionary="kitti",
                                                                         plots=False, exec=LOCAL))
     assert doc["exit_code"] == 0 and doc["points"] == 123389 and doc["visible_mask"] == []
     assert set(doc["sources"]["pred"]) == {"all"}          # no camera: no visible / unseen subsets
@@ -259,7 +259,7 @@ def test_lidar_only_semantickitti(lidar_only, tmp_path, capsys):
     assert afi_job(afi_cfg) == 0
     assert "afi: 1 items, 0 already done, 1 new, 0 failed" in capsys.readouterr().out
     doc_afi = run_evaluate(str(tmp_path / "pred_afi"), str(tmp_path / "eval_afi"),
-                           EvaluateConfig(num_classes=20, dictionary="kitti", plots=False, exec=LOCAL))
+                           EvaluateConfig(dictionary="kitti", plots=False, exec=LOCAL))
     assert doc_afi["exit_code"] == 0 and doc_afi["sources"]["pred_afi"]["all"]["n_points"] == doc["points"] - \
         int((kitti_raw_to_eval(gt) == 0).sum())
     info = write_submission(pred.out, str(tmp_path / "sub"), SubmissionConfig(format="semantickitti", split="val"))
@@ -294,7 +294,7 @@ def test_scans_without_ground_truth_are_listed_not_failed(lidar_only, tmp_path):
     assert prep.exit_code == 0 and prep.stats["keyframes"] == 2
     model = save_model(tmp_path / "model", 20, "kitti")
     pred = run_predict(prep.out, str(tmp_path / "pred"), PredictConfig(model=model, exec=LOCAL))
-    doc = run_evaluate(pred.out, str(tmp_path / "eval"), EvaluateConfig(num_classes=20, dictionary="kitti",
+    doc = run_evaluate(pred.out, str(tmp_path / "eval"), EvaluateConfig(dictionary="kitti",
                                                                         plots=False, exec=LOCAL))
     assert doc["exit_code"] == 0 and doc["scans"] == 1 and doc["unscored"] == ["08/08/000001"]
 
