@@ -86,8 +86,16 @@ def main() -> None:
 
     from afov_ray.config import load_config
     from afov_ray.datasets.synth.config import SynthConfig
-    from afov_ray.demo import (Timer, Workspace, build_data, evaluate_model, stage_job, teacher_and_pairing, train,
-                               zeroshot_eval)
+    from afov_ray.demo import (
+        Timer,
+        Workspace,
+        build_data,
+        evaluate_model,
+        stage_job,
+        teacher_and_pairing,
+        train,
+        zeroshot_eval,
+    )
     from afov_ray.pipeline.evaluate import EvaluateConfig
     from afov_ray.pipeline.pair import PairPassConfig
     from afov_ray.pipeline.predict import PredictConfig

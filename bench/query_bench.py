@@ -48,7 +48,7 @@ def main() -> None:
     from afov_ray.pipeline.shard_pass import ExecConfig
 
     if not args.ray:   # as a Ray actor does (1 CPU, OMP_NUM_THREADS=1): on a busy small machine, OpenMP
-        import torch   # spin-waits make 2+ intra-op threads many times slower
+        import torch  # spin-waits make 2+ intra-op threads many times slower
 
         torch.set_num_threads(1)
     ws = Workspace(Path(args.demo).absolute())

@@ -3,31 +3,40 @@
 docs/method.md "SemanticKITTI dictionary", "Voxelisation" and "One-percent splits".
 
 Layout: ``root/sequences/<seq>/{velodyne/<frame>.bin (float32 x4), labels/<frame>.label (uint32,
-low 16 bits = semantic class), calib.txt (P0..P3, Tr as 3x4), image_2/<frame>.png}``.
+low 16 bits = semantic class), calib.txt (P0..P3, Tr as 3x4), image_2/<frame>.png}``; ``root`` is a local
+folder or ``s3://`` (every listing and read goes through ``afov_ray.storage.uri``).
 
 Camera ``image_2``: ``Tr`` maps velodyne into the rectified cam0 frame; ``P2 = K [I | t]`` adds the
 image_2 baseline, so ``K = P2[:, :3]`` and ``lidar_to_cam = [I | K^-1 P2[:, 3]] @ Tr`` (4x4).
+
+The reader plans on the driver (``describe``: listings and ``calib.txt`` read once per sequence) and reads a
+descriptor anywhere (``load``: file I/O only, ``afov_ray.datasets.descriptors``). With ``cameras=()`` it is
+LiDAR-only: neither ``image_2`` nor ``calib.txt`` is needed.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any, Iterable
 
 import numpy as np
 
-from afov_ray.datasets.labels import kitti_raw_to_eval, kitti_semantic
-from afov_ray.datasets.types import CameraFrame, Keyframe
+from afov_ray.datasets.descriptors import camera_descriptor, load_keyframe
+from afov_ray.datasets.splits import KITTI_TRAIN_SEQUENCES, KITTI_VAL_SEQUENCES
+from afov_ray.datasets.types import Keyframe
 from afov_ray.errors import DataError
+from afov_ray.storage import uri as U
 
 KITTI_CAMERAS = ("image_2",)
 
 
 def _parse_calib(path: str) -> dict[str, np.ndarray]:
     try:
-        with open(path) as f:
-            lines = f.read().splitlines()
+        lines = U.read_bytes(str(path)).decode("utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        raise DataError(str(path), "calibration file missing") from None
     except OSError as exc:
-        raise DataError(path, f"cannot read calibration: {exc}") from None
+        raise DataError(str(path), f"cannot read calibration: {exc}") from None
     out: dict[str, np.ndarray] = {}
     for n, line in enumerate(lines, start=1):
         if not line.strip():
@@ -91,126 +100,104 @@ def read_kitti_object_calib(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {"P2": P2, "R0_rect": R0, "Tr_velo_to_cam": Tr, "K": K, "lidar_to_cam": T}
 
 
-def load_kitti_bin(path: str, item: str | None = None) -> np.ndarray:
-    """(N, 4) float32 velodyne scan; DataError naming the file if missing / size not a multiple of 16 B."""
-    item = item or path
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise DataError(item, f"cannot read point file: {exc}") from None
-    if size % 16 != 0:
-        raise DataError(item, f"size {size} B is not a multiple of 16 B (float32 x 4)")
-    return np.fromfile(path, dtype=np.float32).reshape(-1, 4)
-
-
 class SemanticKITTIReader:
-    """Reader (afov_ray.datasets.reader.Reader) for a SemanticKITTI root.
+    """Reader (``afov_ray.datasets.reader.Reader``) for a SemanticKITTI root, local or ``s3://``.
 
     ``sequences``: ids to expose (default: every folder under ``root/sequences``, sorted).
-    ``cameras``: ("image_2",) by default; pass () for LiDAR-only use (then calib.txt and images are
-    not needed). Keyframe ids are ``"<seq>/<frame>"``, e.g. ``"08/000123"``. Labels are optional
-    (test sequences have none): raw_labels/labels are None when the ``.label`` file is absent.
+    ``cameras``: ("image_2",) by default; () for LiDAR-only use (then calib.txt and images are not needed).
+    ``frames``: keep only these keyframe ids (e.g. the frame-level 1 % split); None: every scan.
+    Keyframe ids are ``"<seq>/<frame>"``, e.g. ``"08/000123"``. Labels are optional (test sequences have
+    none): raw_labels/labels are None when the ``.label`` file is absent.
     """
 
     dataset = "semantickitti"
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        sequences: list[str] | tuple[str, ...] | None = None,
-        cameras: tuple[str, ...] = KITTI_CAMERAS,
-    ) -> None:
+    def __init__(self, root: str | os.PathLike, sequences: list[str] | tuple[str, ...] | None = None,
+                 cameras: tuple[str, ...] = KITTI_CAMERAS, frames: Iterable[str] | None = None) -> None:
         self.dataroot = str(root)
         for cam in cameras:
             if cam not in KITTI_CAMERAS:
                 raise ValueError(f"unsupported KITTI camera {cam!r}; supported: {KITTI_CAMERAS}")
         self.cameras = tuple(cameras)
         self._sequences = list(sequences) if sequences is not None else None
-        self._calib: dict[str, dict[str, np.ndarray]] = {}
+        self._frames = None if frames is None else frozenset(frames)
+        self._calib: dict[str, dict[str, np.ndarray] | DataError] = {}
+        self._listing: dict[str, list[str]] = {}
 
-    def _seq_dir(self, seq: str) -> str:
-        return os.path.join(self.dataroot, "sequences", seq)
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_calib"], state["_listing"] = {}, {}
+        return state
+
+    def _seq(self, seq: str, *parts: str) -> str:
+        return U.join(self.dataroot, "sequences", U.check_component(seq, "sequence"), *parts)
+
+    def all_sequences(self) -> list[str]:
+        """Every sequence folder under ``root/sequences`` (sorted), whatever ``sequences`` selects."""
+        base = U.join(self.dataroot, "sequences")
+        names = U.listdir(base, kind="dir")
+        if not names:
+            raise DataError(self.dataroot, "no 'sequences' folder (or it is empty): expected "
+                                           "sequences/<seq>/velodyne/<frame>.bin")
+        return names
 
     def scenes(self) -> list[str]:
-        if self._sequences is not None:
-            return list(self._sequences)
-        base = os.path.join(self.dataroot, "sequences")
-        if not os.path.isdir(base):
-            raise DataError(self.dataroot, "no 'sequences' folder")
-        return sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
+        return list(self._sequences) if self._sequences is not None else self.all_sequences()
+
+    def frames(self, seq: str) -> list[str]:
+        """Every scan (frame name) of a sequence, sorted (cached; the listing is read once)."""
+        if seq not in self._listing:
+            vdir = self._seq(seq, "velodyne")
+            names = U.listdir(vdir, kind="file")
+            if not names and not U.exists(vdir):
+                raise DataError(f"sequence {seq}", f"no velodyne folder {vdir}")
+            self._listing[seq] = sorted(n[:-4] for n in names if n.endswith(".bin"))
+        return self._listing[seq]
 
     def keyframe_ids(self, scene: str) -> list[str]:
-        vdir = os.path.join(self._seq_dir(scene), "velodyne")
-        if not os.path.isdir(vdir):
-            raise DataError(f"sequence {scene}", f"no velodyne folder {vdir}")
-        return [f"{scene}/{f[:-4]}" for f in sorted(os.listdir(vdir)) if f.endswith(".bin")]
+        ids = [f"{scene}/{f}" for f in self.frames(scene)]
+        return ids if self._frames is None else [k for k in ids if k in self._frames]
+
+    def warnings(self) -> list[str]:
+        """Labelled sequences (train / val: 00-10) whose scans will have no ground truth (no labels/ folder)."""
+        labelled = set(KITTI_TRAIN_SEQUENCES) | set(KITTI_VAL_SEQUENCES)
+        return [f"sequence {s}: no labels/ folder, its scans are prepared without ground truth"
+                for s in self.scenes() if s in labelled and not U.exists(self._seq(s, "labels"))]
 
     def calib(self, seq: str) -> dict[str, np.ndarray]:
-        """Parsed ``calib.txt`` of a sequence (cached)."""
+        """Parsed ``calib.txt`` of a sequence (read once; a bad file is remembered and re-raised)."""
         if seq not in self._calib:
-            self._calib[seq] = read_semantickitti_calib(os.path.join(self._seq_dir(seq), "calib.txt"))
-        return self._calib[seq]
+            try:
+                self._calib[seq] = read_semantickitti_calib(self._seq(seq, "calib.txt"))
+            except DataError as e:
+                self._calib[seq] = e
+        c = self._calib[seq]
+        if isinstance(c, DataError):
+            raise DataError(c.item, c.message + " (needed for the camera; LiDAR-only data: set prepare.cameras=false)")
+        return c
 
-    def read(self, keyframe_id: str) -> Keyframe:
+    def describe(self, keyframe_id: str) -> dict[str, Any]:
+        """The descriptor of one scan (``afov_ray.datasets.descriptors``)."""
         parts = keyframe_id.split("/")
         if len(parts) != 2 or not all(parts):
             raise DataError(keyframe_id, "KITTI keyframe id must be '<seq>/<frame>'")
         seq, frame = parts
-        rel_bin = os.path.join("sequences", seq, "velodyne", f"{frame}.bin")
-        points = load_kitti_bin(os.path.join(self.dataroot, rel_bin), rel_bin)
-        if not np.all(np.isfinite(points)):
-            raise DataError(keyframe_id, f"NaN/inf values in {rel_bin}")
+        U.check_component(frame, "frame")
+        cameras = []
+        for ch in self.cameras:
+            calib = self.calib(seq)
+            K, T = camera_from_projection(calib["P" + ch[-1]], calib["Tr"])
+            cameras.append(camera_descriptor(ch, f"{seq}/{frame}/{ch}", f"sequences/{seq}/{ch}/{frame}.png", K, T,
+                                             timestamp=int(frame) if frame.isdigit() else 0))
+        return {"dataset": self.dataset, "id": keyframe_id, "item": keyframe_id, "scene": seq,
+                "timestamp": int(frame) if frame.isdigit() else 0, "lidar_token": keyframe_id,
+                "points": f"sequences/{seq}/velodyne/{frame}.bin", "point_columns": 4,
+                "labels": f"sequences/{seq}/labels/{frame}.label", "labels_format": "semantickitti",
+                "labels_optional": True, "cameras": cameras}
 
-        raw_labels = labels = None
-        rel_label = os.path.join("sequences", seq, "labels", f"{frame}.label")
-        label_path = os.path.join(self.dataroot, rel_label)
-        if os.path.exists(label_path):
-            size = os.path.getsize(label_path)
-            if size % 4 != 0:
-                raise DataError(rel_label, f"size {size} B is not a multiple of 4 B (uint32)")
-            lab = np.fromfile(label_path, dtype=np.uint32)
-            if lab.shape[0] != points.shape[0]:
-                raise DataError(rel_label, f"{lab.shape[0]} labels for {points.shape[0]} points")
-            raw_labels = kitti_semantic(lab)
-            labels = kitti_raw_to_eval(lab)
+    def load(self, descriptor: dict) -> Keyframe:
+        """Read a described scan (file I/O only, local or s3://)."""
+        return load_keyframe(descriptor, self.dataroot)
 
-        cameras = [self._camera(seq, frame, ch) for ch in self.cameras]
-        return Keyframe(
-            dataset=self.dataset,
-            sample_token=keyframe_id,
-            lidar_token=keyframe_id,
-            scene=seq,
-            timestamp=int(frame) if frame.isdigit() else 0,
-            points=points,
-            raw_labels=raw_labels,
-            labels=labels,
-            cameras=cameras,
-            lidar_path=rel_bin,
-            ring=None,
-        )
-
-    def _camera(self, seq: str, frame: str, channel: str) -> CameraFrame:
-        from PIL import Image  # lazy
-
-        item = f"{seq}/{frame} {channel}"
-        rel_img = os.path.join("sequences", seq, channel, f"{frame}.png")
-        path = os.path.join(self.dataroot, rel_img)
-        if not os.path.isfile(path):
-            raise DataError(item, f"image file missing: {rel_img}")
-        try:
-            with Image.open(path) as im:  # header only, no decode
-                width, height = im.size
-        except OSError as exc:
-            raise DataError(item, f"cannot read image header of {rel_img}: {exc}") from None
-        calib = self.calib(seq)
-        K, T = camera_from_projection(calib["P" + channel[-1]], calib["Tr"])
-        return CameraFrame(
-            channel=channel,
-            token=f"{seq}/{frame}/{channel}",
-            image_path=rel_img,
-            width=int(width),
-            height=int(height),
-            K=K,
-            lidar_to_cam=T,
-            timestamp=int(frame) if frame.isdigit() else 0,
-        )
+    def read(self, keyframe_id: str) -> Keyframe:
+        return self.load(self.describe(keyframe_id))

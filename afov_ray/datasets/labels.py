@@ -113,6 +113,14 @@ KITTI_RAW_TO_EVAL: dict[int, int] = {
 }
 
 
+# eval id -> raw class for SemanticKITTI submissions: the benchmark's ``learning_map_inv`` (semantic-kitti-api
+# ``config/semantic-kitti.yaml``): each evaluation class back to its static raw class.
+KITTI_EVAL_TO_RAW: dict[int, int] = {
+    0: 0, 1: 10, 2: 11, 3: 15, 4: 18, 5: 20, 6: 30, 7: 31, 8: 32, 9: 40, 10: 44, 11: 48, 12: 49, 13: 50,
+    14: 51, 15: 70, 16: 71, 17: 72, 18: 80, 19: 81,
+}
+
+
 @lru_cache(maxsize=None)
 def nuscenes_lut() -> np.ndarray:
     """uint8 lookup table of size 256: raw lidarseg value -> eval id (unknown -> 0). Read-only."""

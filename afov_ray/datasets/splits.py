@@ -7,15 +7,19 @@
   selects NOTHING. That is the rule's result and is returned as such; to get a usable tiny split set
   ``min_scenes`` explicitly: the first split scenes (table order) not already chosen are added until
   there are ``min_scenes``, and the split file records how many were added this way.
-* SemanticKITTI (frame level): all ``velodyne/*.bin`` of train sequences 00-07, 09, 10, full paths
-  sorted lexicographically, every ``skip_step``-th from index 0. Val = sequence 08.
+* SemanticKITTI: ``train`` = sequences 00-07, 09, 10, ``val`` = 08, ``test`` = 11-21 (the sequences present),
+  and the frame-level ``train_1pct``: all ``velodyne/*.bin`` of the train sequences, full paths sorted
+  lexicographically, every ``skip_step``-th from index 0 (official ``downstream/dataloader_kitti.py``).
+
+Every split's rule records its ``level``: ``scene`` (all keyframes of its scenes) or ``frame`` (only its
+``keyframes``; training selects those rows).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +29,7 @@ from afov_ray.storage.atomic import atomic_write_json
 
 KITTI_TRAIN_SEQUENCES = ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10")
 KITTI_VAL_SEQUENCES = ("08",)
+KITTI_TEST_SEQUENCES = tuple(f"{i:02d}" for i in range(11, 22))
 SPLIT_FILE_FORMAT = 1
 
 
@@ -100,13 +105,13 @@ def make_nuscenes_splits(
 ) -> dict[str, Split]:
     """Splits for a :class:`NuScenesReader`: the skip rule on the "train" phase, full "val" (and any
     other phase, e.g. "mini_val") never skipped. Keyframes are the reader's sample tokens."""
-    table_scenes = [sc["name"] for sc in reader.nusc.scene]
+    table_scenes = reader.table_scenes()
     out: dict[str, Split] = {}
     for phase in phases:
         split_scenes = nuscenes_split_scenes(phase, reader.version)
         step = skip_step if resolve_nuscenes_split(phase, reader.version) in ("train", "mini_train") else 1
         scenes, rule = nuscenes_skip_scenes(table_scenes, split_scenes, step, min_scenes if step > 1 else 0)
-        rule.update(dataset="nuscenes", version=reader.version,
+        rule.update(dataset="nuscenes", level="scene", version=reader.version,
                     devkit_split=resolve_nuscenes_split(phase, reader.version))
         keyframes = [k for s in scenes for k in reader.keyframe_ids(s)]
         out[phase] = Split(name=phase, scenes=scenes, keyframes=keyframes, rule=rule)
@@ -124,49 +129,35 @@ def standard_nuscenes_splits(reader: Any, skip_step: int = 100, min_1pct_scenes:
 
 
 # -- SemanticKITTI ----------------------------------------------------------------------------------
-def kitti_velodyne_paths(root: str | os.PathLike, sequences: Iterable[str]) -> list[str]:
-    """Full paths of ``root/sequences/<seq>/velodyne/*.bin``, sorted lexicographically."""
-    paths: list[str] = []
-    for seq in sequences:
-        vdir = os.path.join(str(root), "sequences", seq, "velodyne")
-        if not os.path.isdir(vdir):
-            continue
-        paths.extend(os.path.join(vdir, f) for f in os.listdir(vdir) if f.endswith(".bin"))
-    return sorted(paths)
-
-
-def _kitti_id(path: str) -> str:
-    seq = os.path.basename(os.path.dirname(os.path.dirname(path)))
-    return f"{seq}/{os.path.splitext(os.path.basename(path))[0]}"
-
-
 def make_kitti_splits(
-    root: str | os.PathLike,
+    frames: Mapping[str, Sequence[str]],
     skip_step: int = 100,
     train_sequences: Sequence[str] = KITTI_TRAIN_SEQUENCES,
     val_sequences: Sequence[str] = KITTI_VAL_SEQUENCES,
+    test_sequences: Sequence[str] = KITTI_TEST_SEQUENCES,
 ) -> dict[str, Split]:
-    """SemanticKITTI 1 % rule: every ``skip_step``-th of the sorted train paths from index 0; full val."""
-    train_paths = kitti_velodyne_paths(root, train_sequences)
+    """SemanticKITTI splits from ``frames`` = {sequence: frame names} (every scan of the dataroot): the
+    official sequence split (``train``, ``val``, ``test``; only sequences present) and the frame-level
+    ``train_1pct``: every ``skip_step``-th of the train scans sorted by full path, from index 0."""
+
+    def seq_split(name: str, seqs: Sequence[str], rule: str) -> Split:
+        present = [s for s in sorted(frames) if s in set(seqs)]
+        return Split(name=name, scenes=present, keyframes=[f"{s}/{f}" for s in present for f in sorted(frames[s])],
+                     rule={"dataset": "semantickitti", "level": "scene", "rule": rule, "sequences": list(seqs)})
+
     step = max(int(skip_step), 1)
-    chosen = train_paths[::step]
-    train_ids = [_kitti_id(p) for p in chosen]
-    val_ids = [_kitti_id(p) for p in kitti_velodyne_paths(root, val_sequences)]
-    return {
-        "train": Split(
-            name="train",
-            scenes=sorted({k.split("/")[0] for k in train_ids}),
-            keyframes=train_ids,
-            rule={"dataset": "semantickitti", "rule": "sorted full velodyne paths of train sequences, [::skip_step]",
-                  "skip_step": step, "sequences": list(train_sequences), "frames_total": len(train_paths)},
-        ),
-        "val": Split(
-            name="val",
-            scenes=sorted({k.split("/")[0] for k in val_ids}),
-            keyframes=val_ids,
-            rule={"dataset": "semantickitti", "rule": "all frames", "sequences": list(val_sequences)},
-        ),
-    }
+    paths = sorted(f"sequences/{s}/velodyne/{f}.bin" for s in frames if s in set(train_sequences) for f in frames[s])
+    chosen = [f"{p.split('/')[1]}/{p.rsplit('/', 1)[1][:-4]}" for p in paths[::step]]
+    out = {"train": seq_split("train", train_sequences, "official train sequences, every scan"),
+           "val": seq_split("val", val_sequences, "official val sequence, every scan"),
+           "train_1pct": Split(name="train_1pct", scenes=sorted({k.split("/")[0] for k in chosen}), keyframes=chosen,
+                               rule={"dataset": "semantickitti", "level": "frame",
+                                     "rule": "full velodyne paths of the train sequences sorted, [::skip_step] "
+                                             "from index 0", "skip_step": step, "sequences": list(train_sequences),
+                                     "frames_total": len(paths)})}
+    if any(s in frames for s in test_sequences):
+        out["test"] = seq_split("test", test_sequences, "official test sequences (no labels)")
+    return out
 
 
 # -- files ------------------------------------------------------------------------------------------

@@ -25,14 +25,15 @@ Per-scene matrices are computed as Ray tasks on the shard-pass layer (records on
 on the driver; results go to ``metrics.json`` + ``metrics.md`` (+ PNG plots, + 3D viewer pages and .ply files of
 the first ``viewer_scans`` scans under ``viewer/``, docs/viewer.md) under ``out`` and, when
 tracking is enabled, to an MLflow run (metrics named by class, the JSON / markdown and the plots as
-artifacts). Scans without ground truth are skipped and named; the others are scored.
+artifacts). Scans without ground truth (e.g. test scans) are not scored and are listed under ``unscored``
+(not an error: the exit code stays 0 when the others were scored); scans with bad labels are skipped and named.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,7 +62,8 @@ class EvaluateConfig:
     sources: list[str] = option(["pred", "pred_afi", "pseudo"], "prediction columns to score (missing ones "
                                                                    "are skipped)",
                                 choices=("pred", "pred_afi", "pseudo"))
-    num_classes: int = option(17, "classes including ignore 0 (17 nuScenes, 20 SemanticKITTI)", min=2)
+    num_classes: int | None = option(None, "classes including ignore 0; null: the dictionary's (17 nuscenes, "
+                                           "20 kitti)", min=2)
     dictionary: str = option("nuscenes", "class names from this dictionary (nuscenes | kitti | YAML)")
     empty_union: Literal["one", "nan", "zero"] = option("one", "IoU of a class with an empty union: one "
                                                               "(official) | nan (devkit) | zero")
@@ -105,14 +107,15 @@ def scene_confusions(shard: S.Shard, sources: list[str], num_classes: int, visib
 
     C = num_classes
     mats = {s: {k: np.zeros((C, C), np.int64) for k in SUBSETS} for s in sources}
-    skipped, masks_used = [], set()
+    skipped, unscored, masks_used = [], [], set()
     scans = points = 0
     present: set[str] = set()
     for r in read_prediction_shard(shard):
         name = f"{r['scene']}/{r['sample_token']}"
+        if r.get("gt") is None:
+            unscored.append(name)
+            continue
         try:
-            if r.get("gt") is None:
-                raise DataError(name, "no ground truth (gt) to score against")
             gt = np.asarray(r["gt"], np.int64)
             if len(gt) != int(r["num_points"]):
                 raise DataError(name, f"gt has {len(gt)} labels for {r['num_points']} points")
@@ -131,7 +134,8 @@ def scene_confusions(shard: S.Shard, sources: list[str], num_classes: int, visib
         except DataError as exc:
             skipped.append({"item": exc.item, "message": exc.message})
             continue
-        masks_used.add(how)
+        if vis is not None:
+            masks_used.add(how)
         for s, d in per.items():
             present.add(s)
             for k, m in d.items():
@@ -139,7 +143,8 @@ def scene_confusions(shard: S.Shard, sources: list[str], num_classes: int, visib
         scans += 1
         points += len(gt)
     return {"matrices": {s: {k: m.tolist() for k, m in mats[s].items()} for s in sources if s in present},
-            "scans": scans, "points": points, "visible_mask": sorted(masks_used), "skipped": skipped}
+            "scans": scans, "points": points, "visible_mask": sorted(masks_used), "skipped": skipped,
+            "unscored": unscored}
 
 
 class EvaluatePass(ShardPass):
@@ -163,7 +168,8 @@ class EvaluatePass(ShardPass):
         part = scene_confusions(self.inputs[item.key], list(self.cfg.sources), self.cfg.num_classes, self.cfg.visible)
         skipped = part.pop("skipped")
         if part["scans"] == 0:
-            reasons = "; ".join(f"{s['item']}: {s['message']}" for s in skipped[:3])
+            reasons = "; ".join([f"{s['item']}: {s['message']}" for s in skipped[:3]]
+                                + ([f"{len(part['unscored'])} scans without ground truth"] if part["unscored"] else []))
             raise DataError(item.key, f"no scan could be scored ({reasons})")
         return ItemResult(item.key, stats=part, skipped=skipped)
 
@@ -180,7 +186,8 @@ def collect(records: list[dict], num_classes: int) -> dict:
     return {"matrices": total, "scenes": [r["key"] for r in records],
             "scans": sum(r["stats"]["scans"] for r in records), "points": sum(r["stats"]["points"] for r in records),
             "visible_mask": sorted({m for r in records for m in r["stats"]["visible_mask"]}),
-            "errors": [dict(s, stage="evaluate") for r in records for s in r.get("skipped", [])]}
+            "errors": [dict(s, stage="evaluate") for r in records for s in r.get("skipped", [])],
+            "unscored": [n for r in records for n in r["stats"].get("unscored", [])]}
 
 
 def report(collected: dict, cfg: EvaluateConfig, names: list[str]) -> dict:
@@ -191,7 +198,8 @@ def report(collected: dict, cfg: EvaluateConfig, names: list[str]) -> dict:
         f"{cfg.empty_union}: a class with an empty union (no GT and no prediction) gets IoU "
         + {"one": "1.0 (official)", "nan": "NaN and is skipped in the mean (devkit)", "zero": "0.0"}[cfg.empty_union])),
         "visible_mask": collected["visible_mask"], "scans": collected["scans"], "points": collected["points"],
-        "scenes": len(collected["scenes"]), "class_names": names, "errors": collected["errors"], "sources": {}}
+        "scenes": len(collected["scenes"]), "class_names": names, "errors": collected["errors"],
+        "unscored": collected["unscored"], "sources": {}}
     for s, d in collected["matrices"].items():
         out["sources"][s] = {}
         for k in SUBSETS:
@@ -297,6 +305,7 @@ def run_evaluate(pred_uri: str, out_dir: str, cfg: EvaluateConfig) -> dict:
 
     t0 = time.perf_counter()
     names = list(ClassDictionary.load(cfg.dictionary).eval_class_names)
+    cfg = replace(cfg, num_classes=cfg.num_classes or len(names))
     if len(names) != cfg.num_classes:
         names = [str(i) for i in range(cfg.num_classes)]
     inputs = S.open_folder(pred_uri, require_manifest=cfg.exec.require_manifest, what="prediction folder")
@@ -378,4 +387,7 @@ def evaluate_job(cfg: EvaluateJob) -> int:
     print(summary_line(doc))
     for e in doc["errors"]:
         print(f"  skipped {e['item']}: {e['message']}")
+    if doc["unscored"]:
+        print(f"  not scored (no ground truth): {len(doc['unscored'])} scans: {', '.join(doc['unscored'][:10])}"
+              + (" ..." if len(doc["unscored"]) > 10 else ""))
     return doc["exit_code"]

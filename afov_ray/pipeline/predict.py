@@ -302,6 +302,10 @@ class PredictPass(ShardPass):
 
     def items(self) -> list[PassItem]:
         chosen = select_scenes(list(self.inputs), self.cfg.scenes, self.cfg.split_file, self.cfg.split)
+        if not chosen:
+            why = (f"split {self.cfg.split!r} of {self.cfg.split_file}" if self.cfg.split_file else "") + \
+                (f"{' and ' if self.cfg.split_file else ''}predict.scenes" if self.cfg.scenes is not None else "")
+            raise DataError(self.out, f"no scene to predict: none of the {len(self.inputs)} input scenes is in {why}")
         return [PassItem(s) for s in chosen]
 
     def setup(self) -> None:
@@ -398,7 +402,8 @@ def run_predict(in_uri: str, out_uri: str, cfg: PredictConfig) -> PassSummary:
 class PredictJob(RayKeys):
     input: str = option("outputs/demo/pairing", "pairing or sweeps shards folder URI")
     out: str = option("outputs/demo/pred", "prediction shards folder URI")
-    submission: str = option("", "if set: write lidarseg submission files here (see sub.*)")
+    submission: str = option("", "if set: write benchmark submission files here (sub.format: nuScenes lidarseg "
+                                 ".bin or SemanticKITTI .label; see sub.*)")
     predict: PredictConfig = option(PredictConfig(), "model and inference settings")
     sub: SubmissionConfig = option(SubmissionConfig(), "submission files")
     sub_version: str = option("v1.0-trainval", "nuScenes version (submission split names)")
@@ -410,15 +415,14 @@ def predict_job(cfg: PredictJob) -> int:
     if not cfg.predict.model:
         raise ConfigError("config key 'predict.model': required (models:/name@alias, a checkpoint folder, ...)")
     if cfg.submission and not cfg.predict.suppress_class0 and cfg.sub.column == "pred":
-        raise ConfigError("config key 'predict.suppress_class0': a lidarseg submission needs true (predictions "
-                          "in 1..16)")
+        raise ConfigError("config key 'predict.suppress_class0': a submission needs true (predictions in 1..C-1)")
     if cfg.predict.exec.use_ray:
         cfg.start_ray()
     summary = run_predict(cfg.input, cfg.out, cfg.predict)
     print_summary(summary)
     print(f"{summary.stats.get('scans', 0)} scans predicted ({summary.stats.get('scans_per_second', 0):.2f} scans/s)")
     if cfg.submission and summary.manifest_written:
-        info = write_submission(cfg.out, cfg.submission, cfg.sub, scenes=submission_scenes(cfg.sub.split,
-                                                                                           cfg.sub_version))
+        info = write_submission(cfg.out, cfg.submission, cfg.sub,
+                                scenes=submission_scenes(cfg.sub.split, cfg.sub_version, cfg.sub.format))
         print(f"submission: {info['files']} files, {info['points']} points -> {cfg.submission}")
     return summary.exit_code

@@ -11,7 +11,12 @@ and ``<out>/splits.json`` (``afov_ray.datasets.splits``: nuScenes train / val / 
 SemanticKITTI official sequence split and its frame-level 1 % rule).
 
 A scene whose every keyframe is bad is never marked done: it fails with the reasons, and a rerun after
-the data is fixed redoes it. Scenes run as Ray tasks; the reader is built once per worker process.
+the data is fixed redoes it.
+
+Plan on the driver, read in the workers: the reader (its tables, listings and calibration files read once,
+on the driver) describes every keyframe of a scene as a small JSON-able descriptor
+(``afov_ray.datasets.descriptors``); a scene's task gets its descriptors and reads the files (local or
+s3://) with no tables. A keyframe that cannot be planned is recorded as skipped like one that cannot be read.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ class PrepareConfig:
     version: str = option("v1.0-trainval", "nuScenes table version (v1.0-trainval, v1.0-mini, ...); unused for "
                                            "SemanticKITTI")
     split: str | None = option(None, "nuScenes split name (train, val, mini_train, ...) or SemanticKITTI "
-                                     "train / val / test or comma-separated sequence ids; None: all scenes")
+                                     "train / val / test / train_1pct (only the scans of the 1 % rule) or "
+                                     "comma-separated sequence ids; None: all scenes")
     scenes: list[str] | None = option(None, "restrict to these scene names (after split)")
     cameras: bool = option(True, "read camera images and calibration (false: LiDAR-only keyframes, e.g. "
                                  "SemanticKITTI without image_2 / calib.txt, for fine-tuning and evaluation)")
@@ -77,8 +83,7 @@ class PreparePass(ShardPass):
 
     @property
     def reader(self) -> Reader:
-        """The reader (shipped to workers as is: readers pickle without their heavy tables, e.g. the
-        nuScenes reader reloads the devkit where it runs)."""
+        """The reader. It is shipped to the workers without its tables (they only read descriptors)."""
         if self._reader is None:
             self._reader = self.cfg.reader_spec()()
         return self._reader
@@ -101,25 +106,45 @@ class PreparePass(ShardPass):
         if not selected:
             raise DataError(self.cfg.dataroot, "no scenes to prepare"
                             + (f" in split {self.cfg.split!r}" if self.cfg.split else ""))
-        return [PassItem(s, {"ids": self.reader.keyframe_ids(s)}) for s in selected]
+        return [PassItem(s, self._plan(s)) for s in selected]
 
-    def setup(self) -> None:
-        _ = self.reader
+    def _plan(self, scene: str) -> dict:
+        """The descriptors of a scene's keyframes (a keyframe that cannot be planned carries its error)."""
+        try:
+            ids = self.reader.keyframe_ids(scene)
+        except DataError as e:
+            return {"error": {"item": e.item, "message": e.message}}
+        descs = []
+        for kid in ids:
+            try:
+                descs.append(self.reader.describe(kid))
+            except DataError as e:
+                descs.append({"id": kid, "error": {"item": e.item, "message": e.message}})
+        return {"keyframes": descs}
+
+    def warnings(self) -> list[str]:
+        return list(self.reader.warnings())
 
     def run_item(self, item: PassItem) -> ItemResult:
         scene, skipped = item.key, []
-        ids = item.payload.get("ids") or self.reader.keyframe_ids(scene)
+        if "error" in item.payload:
+            raise DataError(item.payload["error"]["item"], item.payload["error"]["message"])
+        descs = item.payload["keyframes"]
+        if not descs:
+            raise DataError(scene, "no keyframes (no point files / samples for this scene)")
         writer = AtomicParquetWriter(self.shard_uri(scene), sweeps_schema(),
                                      compression=None if self.cfg.compression == "none" else self.cfg.compression)
         try:
             with writer:
                 buffer = []
-                for kid in ids:
+                for desc in descs:
                     try:
-                        kf = self.reader.read(kid)
+                        if "error" in desc:
+                            raise DataError(desc["error"]["item"], desc["error"]["message"])
+                        kf = self.reader.load(desc)
                         check_keyframe(kf)
                         if kf.scene != scene:
-                            raise DataError(kid, f"keyframe belongs to scene {kf.scene!r}, not {scene!r}")
+                            raise DataError(desc["id"], f"keyframe belongs to scene {kf.scene!r}, not {scene!r}")
                     except DataError as e:
                         item_name = e.item if str(e.item).startswith(scene) else f"{scene}/{e.item}"
                         skipped.append({"item": item_name, "message": e.message})
@@ -157,9 +182,17 @@ def write_splits(cfg: PrepareConfig, out_uri: str, reader: Reader) -> dict:
     if cfg.dataset == "nuscenes":
         splits = standard_nuscenes_splits(reader, min_1pct_scenes=cfg.min_1pct_scenes)
     else:
-        splits = make_kitti_splits(cfg.dataroot)
+        splits = make_kitti_splits({s: reader.frames(s) for s in reader.all_sequences()})
     write_split_file(U.join(out_uri, SPLITS_NAME), splits)
     return {k: len(v.scenes) for k, v in splits.items()}
+
+
+def empty_split_note(name: str, dataset: str) -> str:
+    """Why a split of the split file is empty, in one line."""
+    if name == "train_1pct" and dataset == "nuscenes":
+        return (f"split {name!r} is empty: the 1 % rule keeps the 100th, 200th, ... train scene of the table and "
+                f"this dataroot has fewer (set prepare.min_1pct_scenes to top it up)")
+    return f"split {name!r} is empty: no scene of this dataroot is in it"
 
 
 def run_prepare(cfg: PrepareConfig, out_uri: str, reader: Reader | None = None) -> PassSummary:
@@ -197,4 +230,6 @@ def prepare_job(cfg: PrepareJob) -> int:
     print(f"keyframes: {st.get('keyframes', 0)} written, {st.get('keyframes_skipped', 0)} skipped")
     if "splits" in st:
         print("splits: " + ", ".join(f"{k}={v} scenes" for k, v in st["splits"].items()))
+        for k in [k for k, v in st["splits"].items() if v == 0]:
+            print(f"  {empty_split_note(k, cfg.prepare.dataset)}")
     return summary.exit_code

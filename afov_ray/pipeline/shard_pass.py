@@ -25,6 +25,7 @@ A pass turns input folders into an output folder of shards, one item (a scene) a
   ``_manifest.json`` when every selected item is done: its presence means "this folder is complete".
 - **progress and exit code**: a progress bar over items; ``PassSummary.exit_code`` is 0 when everything
   was done cleanly, 1 when some item failed or a sub-item was skipped, 3 when nothing was produced.
+  ``warnings()`` (facts about the inputs, e.g. labels without their table) are printed in the summary.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class PassSummary:
     seconds: float
     nodes: list[str]
     exit_code: int
+    warnings: list[str] = field(default_factory=list)   # facts about the inputs the user should know
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +114,8 @@ class PassSummary:
                f"{len(self.written)} new, {len(self.failed)} failed, {len(self.skipped)} sub-items skipped "
                f"({self.seconds:.1f} s) -> {self.out}"
                + ("" if self.manifest_written else "  [folder incomplete: no manifest]")]
+        for w in self.warnings:
+            out.append(f"  WARNING {w}")
         for f in self.failed:
             out.append(f"  FAILED {f['item']}: {f['message']}")
         for s in self.skipped[:50]:
@@ -150,6 +154,11 @@ class ShardPass:
 
     def summarize(self, records: list[dict]) -> dict:
         return {}
+
+    def warnings(self) -> list[str]:
+        """Facts about the inputs the user should know (printed in the summary; the exit code is unchanged),
+        e.g. labels that exist without their table. Called on the driver after ``items()``."""
+        return []
 
     def manifest_info(self) -> dict:
         return {}
@@ -457,6 +466,6 @@ def run_pass(p: ShardPass, items: list[PassItem] | None = None) -> PassSummary:
         name=p.name, out=p.out, items_total=len(keys), done_before=before,
         written=sorted(r.key for r in results if r.status == "written"), failed=failed, skipped=skipped, stats=stats,
         manifest_written=manifest_written, seconds=time.perf_counter() - t0,
-        nodes=sorted({r.node for r in results if r.node}), exit_code=code)
+        nodes=sorted({r.node for r in results if r.node}), exit_code=code, warnings=list(p.warnings()))
     atomic_write_json(U.join(p.out, SUMMARY_NAME), json.loads(json.dumps(summary.to_dict(), default=_jsonable)))
     return summary

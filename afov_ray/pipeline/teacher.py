@@ -10,7 +10,9 @@ every camera image (paper section 3.1; official ``ov_segment/*/superpixel_genera
 
 Items are scenes; a pool of Ray actors (each holding the teacher model) labels the images of one scene
 at a time. One unreadable or bad image is skipped and recorded; the rest of the scene goes on.
-Backends: ``afov_ray.teachers.backends``.
+Backends (``teacher.teacher``, ``afov_ray.teachers.backends``): ``official`` (SAN / CAT-Seg / FC-CLIP files),
+``oracle`` (the ground truth projected into the cameras: labelled data, no 2D weights), ``maskclip`` (local
+CLIP weights) and ``simulated`` (generated data only).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from afov_ray.errors import DataError
 from afov_ray.pipeline.shard_pass import ExecConfig, ItemResult, PassItem, PassSummary, ShardPass, run_pass
 from afov_ray.runtime import RayKeys, init_ray
 from afov_ray.storage import shards as S
-from afov_ray.teachers.backends import MaskCLIPBackend, SimulatedBackend
+from afov_ray.teachers.backends import MaskCLIPBackend, OfficialBackend, OracleBackend, SimulatedBackend
 from afov_ray.teachers.maskclip import MaskCLIPConfig
+from afov_ray.teachers.official import OfficialTeacherConfig
+from afov_ray.teachers.oracle import OracleTeacherConfig
 from afov_ray.teachers.schema import IMAGES_DIR, SCHEMA_VERSION, images_table, write_run
 from afov_ray.teachers.simulated import SimTeacherConfig
 
@@ -37,13 +41,18 @@ CAMERA_COLUMNS = ["dataset", "scene", "sample_token", "lidar_token", "timestamp"
 
 @dataclass
 class TeacherPassConfig:
-    teacher: Literal["simulated", "maskclip"] = option(
-        "simulated", "simulated (generated data only) | maskclip (built-in MaskCLIP on local CLIP weights)")
-    dataroot: str = option("", "dataset root holding the camera images (the generated dataroot for simulated)")
+    teacher: Literal["simulated", "maskclip", "official", "oracle"] = option(
+        "simulated", "simulated (generated data only) | maskclip (built-in MaskCLIP on local CLIP weights) | "
+                     "official (SAN / CAT-Seg / FC-CLIP files, teacher.official.*) | oracle (the ground truth "
+                     "projected into the cameras: labelled data, no 2D weights, teacher.oracle.*)")
+    dataroot: str = option("", "dataset root holding the camera images (maskclip; the generated dataroot for "
+                               "simulated; unused by official and oracle)")
     version: str = option("v1.0-trainval", "nuScenes table version of the dataroot (simulated teacher)")
     dictionary: str = option("nuscenes", "class dictionary: nuscenes | kitti | a YAML file")
     sim: SimTeacherConfig = option(SimTeacherConfig(), "simulated teacher settings")
     maskclip: MaskCLIPConfig = option(MaskCLIPConfig(), "MaskCLIP teacher settings")
+    official: OfficialTeacherConfig = option(OfficialTeacherConfig(), "official teacher files (teacher=official)")
+    oracle: OracleTeacherConfig = option(OracleTeacherConfig(), "oracle teacher settings (teacher=oracle)")
     exec: ExecConfig = option(ExecConfig(), "how items run (an actor pool: each actor holds the teacher)")
 
     def check(self) -> None:
@@ -54,7 +63,21 @@ class TeacherPassConfig:
     def backend(self):
         if self.teacher == "simulated":
             return SimulatedBackend(self.sim, self.dictionary, self.dataroot, self.version)
+        if self.teacher == "official":
+            return OfficialBackend(self.official, self.dictionary)
+        if self.teacher == "oracle":
+            return OracleBackend(self.oracle, self.dictionary)
         return MaskCLIPBackend(self.maskclip, self.dictionary, self.dataroot)
+
+    def require_keys(self) -> None:
+        """The keys the chosen backend needs (one-line ConfigError; checked when the pass runs, not when the
+        config is parsed, so a composed config such as the demo's may fill them in later)."""
+        if self.teacher in ("simulated", "maskclip") and not self.dataroot:
+            raise ConfigError(f"config key 'teacher.dataroot': required for teacher={self.teacher} (the dataset "
+                              f"root holding the camera images)")
+        if self.teacher == "official" and not self.official.dir:
+            raise ConfigError("config key 'teacher.official.dir': required for teacher=official (the folder of "
+                              "the official teacher files)")
 
 
 class TeacherPass(ShardPass):
@@ -93,6 +116,9 @@ class TeacherPass(ShardPass):
                                     "message": f"{e.item}: {e.message}" if e.item not in e.message else e.message})
                     continue
                 images.append(im)
+        if n_cams == 0:
+            raise DataError(item.key, "the sweep shards hold no camera (prepared with prepare.cameras=false?): a "
+                                      "teacher needs camera calibration")
         if not images:
             return ItemResult(item.key, skipped=skipped)
         entry = self.commit_table(item.key, images_table(images, num_texts=self.text.num_texts,
@@ -111,13 +137,15 @@ def run_teacher_pass(sweeps_uri: str, out_uri: str, cfg: TeacherPassConfig) -> P
     """Label every camera image of the sweep shards; returns the pass summary, whose ``stats`` carry
     ``run_id`` and ``run_uri`` (the folder to give the pair pass)."""
 
+    cfg.require_keys()
     sweeps = S.open_folder(sweeps_uri, require_manifest=cfg.exec.require_manifest, what="sweeps folder")
+    backend = cfg.backend()
+    run, text, extra = backend.run_record()     # on the driver: a bad setting or input fails here, once
     if cfg.exec.use_ray:
         init_ray()
-    backend = cfg.backend()
-    run, text, extra = backend.run_record()
     run_uri = write_run(out_uri, run, text, extra={"config": {"teacher": cfg.teacher, "dataroot": cfg.dataroot,
-                                                             "dictionary": cfg.dictionary}, **extra})
+                                                             "dictionary": cfg.dictionary}, "backend": cfg.teacher,
+                                                  **extra})
     summary = run_pass(TeacherPass(cfg, sweeps, run_uri, run, text))
     summary.stats.update(run_id=run.run_id, run_uri=run_uri)
     return summary
@@ -133,8 +161,7 @@ class TeacherJob(RayKeys):
 def teacher_job(cfg: TeacherJob) -> int:
     """The body of ``jobs/teacher.py``."""
 
-    if not cfg.teacher.dataroot:
-        raise ConfigError("config key 'teacher.dataroot': required (the dataset root holding the camera images)")
+    cfg.teacher.require_keys()
     if cfg.teacher.exec.use_ray:
         cfg.start_ray()
     summary = run_teacher_pass(cfg.sweeps, cfg.out, cfg.teacher)

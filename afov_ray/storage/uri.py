@@ -177,13 +177,17 @@ def file_size(uri: str) -> int:
     return int(fs.get_file_info(path).size)
 
 
-def listdir(uri: str) -> list[str]:
-    """Sorted names (not paths) of the direct children of a folder; ``[]`` if it does not exist."""
+def listdir(uri: str, kind: str | None = None) -> list[str]:
+    """Sorted names (not paths) of the direct children of a folder; ``[]`` if it does not exist.
+    ``kind="file"`` / ``"dir"`` keeps only files / sub-folders (on S3: objects / common prefixes)."""
     import pyarrow.fs as pafs
 
+    if kind not in (None, "file", "dir"):
+        raise ValueError(f"listdir: kind must be None, 'file' or 'dir', got {kind!r}")
     fs, path = resolve(uri)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
-    return sorted(basename(i.path) for i in infos)
+    want = {None: None, "file": pafs.FileType.File, "dir": pafs.FileType.Directory}[kind]
+    return sorted(basename(i.path) for i in infos if want is None or i.type == want)
 
 
 def makedirs(uri: str) -> None:
@@ -198,6 +202,14 @@ def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def read_head(uri: str, nbytes: int) -> bytes:
+    """The first ``nbytes`` bytes of a file (fewer if it is shorter): one ranged read on S3, e.g. for an
+    image header."""
+    fs, path = resolve(uri)
+    with fs.open_input_file(path) as f:
+        return f.read(nbytes)
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -9,9 +9,15 @@ alike:
 - ``label(keyframe, camera)`` (per image): the teacher's masks, mask text ids and mask features for
   that camera; a bad image raises ``DataError`` naming it and is skipped by the pass.
 
-Backends here: ``simulated`` (generated data: re-renders the camera's ground truth from the generator's
-scene and corrupts it, ``afov_ray.teachers.simulated``) and ``maskclip`` (a built-in MaskCLIP teacher on
-local CLIP weights, ``afov_ray.teachers.maskclip``).
+Backends here:
+
+- ``official``: the files the official SAN / CAT-Seg / FC-CLIP code writes (``afov_ray.teachers.official``),
+  read per camera image from a folder (local or s3://);
+- ``oracle``: masks made from the dataset's own ground truth projected into each camera
+  (``afov_ray.teachers.oracle``), an upper bound that needs no 2D weights;
+- ``maskclip``: a built-in MaskCLIP teacher on local CLIP weights (``afov_ray.teachers.maskclip``);
+- ``simulated``: generated data only (re-renders the camera's ground truth from the generator's scene and
+  corrupts it, ``afov_ray.teachers.simulated``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,14 @@ from afov_ray.errors import DataError
 from afov_ray.storage import uri as U
 from afov_ray.teachers.dictionary import ClassDictionary
 from afov_ray.teachers.maskclip import MaskCLIPTeacher, config_record, decode_image, model_id, weights_sha256
+from afov_ray.teachers.official import (
+    TEXT_EMBEDDING_FILE,
+    file_sha256,
+    import_official_image,
+    import_text_table,
+    official_stem,
+)
+from afov_ray.teachers.oracle import ClassTexts, oracle_mask_map
 from afov_ray.teachers.schema import TeacherImage, TeacherRun, TextEmbeddingTable
 from afov_ray.teachers.simulated import simulate_image, simulated_text_embeddings
 
@@ -66,6 +80,7 @@ class SimulatedBackend:
         self._emb: np.ndarray | None = None
 
     def run_record(self):
+        self._check_dataroot()
         d = ClassDictionary.load(self.dictionary)
         emb = simulated_text_embeddings(list(d.texts), d.text_to_category, dim=self.cfg.feature_dim, seed=self.cfg.seed)
         s = self.cfg
@@ -75,12 +90,16 @@ class SimulatedBackend:
                          feature_dim=s.feature_dim, created="")
         return run, TextEmbeddingTable(embeddings=emb, void_row=False, num_texts=d.num_texts), {}
 
+    def _check_dataroot(self) -> None:
+        if U.is_s3(self.dataroot) or not has_scene_record(self.dataroot):
+            raise DataError(self.dataroot, "the simulated teacher needs a dataroot made by the generator "
+                                           "(afov_ray.datasets.synth); for real data use teacher.teacher=oracle "
+                                           "(labelled data), official (SAN / CAT-Seg / FC-CLIP files) or maskclip")
+
     def setup(self, text: TextEmbeddingTable) -> None:
         self._d = ClassDictionary.load(self.dictionary)
         self._emb = text.vocabulary_rows
-        if not has_scene_record(self.dataroot):
-            raise DataError(self.dataroot, "the simulated teacher needs a dataroot made by the generator "
-                                           "(afov_ray.datasets.synth); for real data use teacher=maskclip")
+        self._check_dataroot()
 
     def label(self, kf: Keyframe, cam: CameraFrame) -> TeacherImage:
         d = self._d
@@ -122,3 +141,83 @@ class MaskCLIPBackend:
         image = decode_image(data, path)
         return self._teacher(image, sample_token=kf.sample_token, camera=cam.channel, camera_token=cam.token,
                              scene_token=kf.scene)
+
+
+class OfficialBackend:
+    """Official SAN / CAT-Seg / FC-CLIP files (``teacher.official.*``), one camera image at a time: masks, mask
+    text ids and mask features as the official code wrote them; a camera without files is skipped and named."""
+
+    kind = "official"
+
+    def __init__(self, cfg, dictionary: str):
+        self.cfg, self.dictionary = cfg, dictionary
+        self._num_texts = 0
+        self._dim: int | None = None
+
+    def _text_uri(self) -> str:
+        return U.join(self.cfg.dir, TEXT_EMBEDDING_FILE)
+
+    def run_record(self):
+        d = ClassDictionary.load(self.dictionary)
+        uri = self._text_uri()
+        text = import_text_table(uri, self.cfg.kind, num_texts=d.num_texts)
+        sha = file_sha256(uri)
+        run = TeacherRun(name=self.cfg.name or self.cfg.kind, vocabulary_hash=d.vocabulary_hash(),
+                         model_id=f"official:{self.cfg.kind}:{sha[:16]}", feature_dim=text.feature_dim, created="")
+        extra = {"official": {"dir": self.cfg.dir, "kind": self.cfg.kind, "text_embedding_sha256": sha,
+                              "text_embedding_rows": int(text.embeddings.shape[0])}}
+        return run, text, extra
+
+    def setup(self, text: TextEmbeddingTable) -> None:
+        self._num_texts, self._dim = text.num_texts, text.feature_dim
+
+    def label(self, kf: Keyframe, cam: CameraFrame) -> TeacherImage:
+        im = import_official_image(self.cfg.dir, official_stem(cam.token), self.cfg.kind, sample_token=kf.sample_token,
+                                   camera=cam.channel, scene_token=kf.scene, image_size=(cam.height, cam.width),
+                                   num_texts=self._num_texts, feature_dim=self._dim)
+        im.camera_token = cam.token
+        return im
+
+
+class OracleBackend:
+    """Ground truth projected into the cameras (``teacher.oracle.*``, ``afov_ray.teachers.oracle``)."""
+
+    kind = "oracle"
+
+    def __init__(self, cfg, dictionary: str):
+        self.cfg, self.dictionary = cfg, dictionary
+        self._d: ClassDictionary | None = None
+        self._emb: np.ndarray | None = None
+        self._texts: dict[str, ClassTexts] = {}
+
+    def run_record(self):
+        c = self.cfg
+        d = ClassDictionary.load(self.dictionary)
+        if c.text_embedding:
+            text = import_text_table(c.text_embedding, "fc-clip", num_texts=d.num_texts)  # 175 rows, or 176 with void
+            source = {"text_embedding": c.text_embedding, "text_embedding_sha256": file_sha256(c.text_embedding)}
+        else:
+            emb = simulated_text_embeddings(list(d.texts), d.text_to_category, dim=c.feature_dim, seed=c.seed)
+            text = TextEmbeddingTable(embeddings=emb, void_row=False, num_texts=d.num_texts)
+            source = {"text_embedding": "synthetic", "seed": c.seed}
+        model = f"oracle:r{c.radius_px}:d{c.min_depth}:" + (source.get("text_embedding_sha256", "")[:16]
+                                                           or f"synthetic{text.feature_dim}s{c.seed}")
+        run = TeacherRun(name=c.name, vocabulary_hash=d.vocabulary_hash(), model_id=model,
+                         feature_dim=text.feature_dim, created="")
+        extra = {"oracle": True, "label_source": "ground truth of the sweep shards projected into each camera",
+                 "oracle_settings": {"radius_px": c.radius_px, "min_depth": c.min_depth, **source}}
+        return run, text, extra
+
+    def setup(self, text: TextEmbeddingTable) -> None:
+        self._d = ClassDictionary.load(self.dictionary)
+        rows = np.asarray(text.vocabulary_rows, np.float32)
+        self._emb = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+    def label(self, kf: Keyframe, cam: CameraFrame) -> TeacherImage:
+        if kf.dataset not in self._texts:
+            self._texts[kf.dataset] = ClassTexts(self._d, kf.dataset)
+        point_text = self._texts[kf.dataset].of_keyframe(kf)
+        mm, mt = oracle_mask_map(kf.points[:, :3], point_text, cam, self.cfg.radius_px, self.cfg.min_depth)
+        feats = self._emb[[mt[i] for i in sorted(mt)]].astype(np.float16) if mt else \
+            np.zeros((0, self._emb.shape[1]), np.float16)
+        return image_record(kf, cam, mm, mt, feats)

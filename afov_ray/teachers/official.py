@@ -1,6 +1,7 @@
 """Importers of the official AFOV teacher files (docs/method.md "Official teacher files").
 
-Per camera image, named by the camera ``sample_data`` token ``<tok>`` in the teacher's ``sp_dir``:
+Per camera image, named by the camera ``sample_data`` token ``<tok>`` in the teacher's ``sp_dir``
+(official ``ov_segment/*/superpixel_generation.py``):
 
 - ``<tok>.png``  uint8 mask ids, 1..n for the n masks, 0 = no mask (only FC-CLIP has 0s);
 - ``<tok>.json`` n dicts in PNG-id order: SAN / CAT-Seg ``{"id", "category_id", "area"}``,
@@ -9,23 +10,51 @@ Per camera image, named by the camera ``sample_data`` token ``<tok>`` in the tea
   each [n+1, D] with a zero row 0; TMP uses f_out (index 1), so that is what is imported;
 - ``text_embedding.pt`` once per teacher: [175, D] (SAN, CAT-Seg) or [176, D] with a void last row (FC-CLIP).
 
-Files are loaded with ``torch.load(weights_only=True)`` (no pickle code execution). Every problem is a
-DataError naming the token (or file).
+Files are loaded with ``torch.load(weights_only=True)`` (no pickle code execution) from a local folder or
+``s3://`` (through ``afov_ray.storage.uri``). Every problem is a DataError naming the token (or file).
+
+``OfficialTeacherConfig`` is the ``teacher.official.*`` block of ``jobs/teacher.py``; the backend that labels
+every camera image of a teacher pass from these files is ``afov_ray.teachers.backends.OfficialBackend``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from afov_ray.config import option
 from afov_ray.errors import DataError
+from afov_ray.storage import uri as U
 from afov_ray.teachers.schema import DEFAULT_FEATURE_DIM, TeacherImage, TextEmbeddingTable, decode_mask_map
 
 Teacher = Literal["san", "cat-seg", "fc-clip"]
+TEXT_EMBEDDING_FILE = "text_embedding.pt"
+
+
+@dataclass
+class OfficialTeacherConfig:
+    dir: str = option("", "folder (local or s3://) of one official teacher's files: <stem>.png / <stem>.json / "
+                          "<stem>.pt per camera image and text_embedding.pt once; <stem> is the camera token "
+                          "(nuScenes: the camera sample_data token; SemanticKITTI: <seq>_<frame>_image_2)")
+    kind: Literal["san", "catseg", "fcclip"] = option(
+        "san", "which official teacher wrote the files: san | catseg (JSON {id, category_id, area}, .pt [n+1, D]) | "
+               "fcclip (JSON {id, isthing, category_id}, .pt [f_in, f_out]: f_out is used; text table with a "
+               "void last row)")
+    name: str = option("", "teacher run name (the run id derives from it); empty: the kind")
+
+
+def official_stem(camera_token: str) -> str:
+    """The file stem of a camera image's official files: the camera token, '/' replaced by '_'
+    (nuScenes tokens have none; SemanticKITTI's ``08/000123/image_2`` -> ``08_000123_image_2``)."""
+    return U.check_component(camera_token.replace("/", "_"), "camera token")
+
+
 _ALIASES = {"san": "san", "cat-seg": "cat-seg", "catseg": "cat-seg", "cat_seg": "cat-seg",
             "fc-clip": "fc-clip", "fcclip": "fc-clip", "fc_clip": "fc-clip"}
 NUM_TEXTS = 175
@@ -39,15 +68,22 @@ def normalize_teacher(teacher: str) -> Teacher:
     return _ALIASES[key]  # type: ignore[return-value]
 
 
-def _torch_load(path: Path, item: str) -> Any:
+def _read(uri: str, item: str) -> bytes:
+    try:
+        return U.read_bytes(uri)
+    except OSError:
+        raise DataError(item, f"missing file {uri}") from None
+
+
+def _torch_load(uri: str, item: str) -> Any:
     import torch
 
-    if not path.is_file():
-        raise DataError(item, f"missing file {path}")
+    data = _read(uri, item)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt / unsafe files
-        raise DataError(item, f"cannot load {path.name} with weights_only=True: {exc}") from exc
+        raise DataError(item, f"cannot load {U.basename(uri)} with weights_only=True: "
+                              f"{str(exc).splitlines()[0][:300]}") from None
 
 
 def _as_2d_float(obj: Any, item: str, what: str) -> np.ndarray:
@@ -68,8 +104,8 @@ def import_text_embedding(
     any other row count is an error, never silently trimmed.
     """
     teacher = normalize_teacher(teacher)
-    path = Path(path)
-    emb = _as_2d_float(_torch_load(path, str(path)), str(path), "text embedding")
+    path = str(path)
+    emb = _as_2d_float(_torch_load(path, path), path, "text embedding")
     rows = emb.shape[0]
     if rows == num_texts:
         return emb, False
@@ -111,35 +147,30 @@ def import_official_image(
     ``is_thing`` is set for FC-CLIP only. Raises DataError(item=token) on any mismatch.
     """
     teacher = normalize_teacher(teacher)
-    d = Path(directory)
+    d = str(directory)
     item = token
-    png_path = d / f"{token}.png"
-    if not png_path.is_file():
-        raise DataError(item, f"missing file {png_path}")
-    mask_map = decode_mask_map(png_path.read_bytes(), item)
+    mask_map = decode_mask_map(_read(U.join(d, f"{token}.png"), item), item)
     if mask_map.dtype != np.uint8:
         raise DataError(item, f"official mask PNG must be 8-bit, got {mask_map.dtype}")
 
-    json_path = d / f"{token}.json"
+    json_name = f"{token}.json"
     try:
-        entries = json.loads(json_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataError(item, f"missing file {json_path}") from exc
+        entries = json.loads(_read(U.join(d, json_name), item).decode("utf-8"))
     except ValueError as exc:
-        raise DataError(item, f"invalid JSON in {json_path.name}: {exc}") from exc
+        raise DataError(item, f"invalid JSON in {json_name}: {exc}") from None
     if not isinstance(entries, list):
-        raise DataError(item, f"{json_path.name} must hold a list of masks")
+        raise DataError(item, f"{json_name} must hold a list of masks")
     keys = ("id", "isthing", "category_id") if teacher == "fc-clip" else ("id", "category_id", "area")
     for j, e in enumerate(entries):
         if not isinstance(e, dict) or any(k not in e for k in keys):
-            raise DataError(item, f"{json_path.name}[{j}] must have keys {keys}, got {e!r}")
+            raise DataError(item, f"{json_name}[{j}] must have keys {keys}, got {e!r}")
     n = len(entries)
     ids = np.array([int(e["id"]) for e in entries], dtype=np.int64)
     if not np.array_equal(ids, np.arange(1, n + 1)):
-        raise DataError(item, f"{json_path.name} ids must be 1..{n} in order, got {ids[:10].tolist()}")
+        raise DataError(item, f"{json_name} ids must be 1..{n} in order, got {ids[:10].tolist()}")
     text_index = np.array([int(e["category_id"]) for e in entries], dtype=np.int32)
 
-    obj = _torch_load(d / f"{token}.pt", item)
+    obj = _torch_load(U.join(d, f"{token}.pt"), item)
     if teacher == "fc-clip":
         if not isinstance(obj, (list, tuple)) or len(obj) != 2:
             raise DataError(item, f"fc-clip {token}.pt must be a list [f_in, f_out], got {type(obj).__name__}")
@@ -180,3 +211,8 @@ def import_official_image(
     except DataError as exc:  # re-name the item by token, keep the reason
         raise DataError(item, exc.message) from exc
     return image
+
+
+def file_sha256(uri: str) -> str:
+    """sha256 of a file (local or s3://), e.g. ``text_embedding.pt`` for the run record."""
+    return hashlib.sha256(_read(str(uri), str(uri))).hexdigest()

@@ -233,7 +233,7 @@ class TeacherImage:
             raise DataError(item, f"feature rows {f.shape[0] if f.ndim else 'n/a'} do not match the mask count {n}")
         if feature_dim is not None and f.shape[1] != feature_dim:
             raise DataError(item, f"features are {f.shape[1]}-d, expected {feature_dim}")
-        present = np.unique(m)
+        present = np.flatnonzero(np.bincount(m.ravel()))   # ids in the map (uint8 / uint16: a bincount, no sort)
         missing = np.setdiff1d(present[present != 0], ids)
         if missing.size:
             raise DataError(item, f"mask ids {missing[:10].tolist()} appear in the mask map but not in the mask table")

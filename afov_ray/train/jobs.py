@@ -7,7 +7,9 @@ downstream settings (docs/method.md lists them), and ``configs/demo.yaml`` compo
 the generated demo dataset.
 
 Splits come from a split file (``afov_ray.datasets.splits.write_split_file``): ``train_split`` names
-the scenes trained on (``train``, the 1 % ``train_1pct``, ...), ``val_split`` those validated on.
+the scenes trained on (``train``, the 1 % ``train_1pct``, ...), ``val_split`` those validated on. A
+frame-level split (rule ``level: frame``, e.g. SemanticKITTI's ``train_1pct``) selects its keyframes, not
+whole scenes.
 """
 
 from __future__ import annotations
@@ -51,8 +53,14 @@ class TrainJob:
 def split_scenes(cfg: DataConfig, name: str | None) -> list[str] | None:
     """Scenes of split ``name`` in the split file (None: no restriction); an empty split is a DataError
     saying which split is empty and why."""
+    return split_selection(cfg, name)[0]
+
+
+def split_selection(cfg: DataConfig, name: str | None) -> tuple[list[str] | None, list[str] | None]:
+    """(scenes, keyframes) of split ``name``: keyframes only for a frame-level split (None otherwise: every
+    keyframe of the scenes); (None, None) without a split file."""
     if cfg.split_file is None or name is None:
-        return None
+        return None, None
 
     splits = read_split_file(cfg.split_file)
     if name not in splits:
@@ -63,15 +71,16 @@ def split_scenes(cfg: DataConfig, name: str | None) -> list[str] | None:
         why = sp.rule.get("rule", "") if isinstance(sp.rule, dict) else ""
         raise DataError(cfg.split_file, f"split {name!r} is empty (no scene of the prepared data is in it"
                                         + (f"; rule: {why}" if why else "") + ")")
-    return list(sp.scenes)
+    frame_level = isinstance(sp.rule, dict) and sp.rule.get("level") == "frame"
+    return list(sp.scenes), (list(sp.keyframes) if frame_level else None)
 
 
 def build_datasets(cfg: TrainJob, with_pairings: bool, train_target: str) -> dict:
     train_ingest = replace(cfg.ingest, with_pairings=with_pairings, target=train_target)
-    ds = {"train": scan_dataset(cfg.data.pairing, train_ingest, split_scenes(cfg.data, cfg.data.train_split))}
+    ds = {"train": scan_dataset(cfg.data.pairing, train_ingest, *split_selection(cfg.data, cfg.data.train_split))}
     if cfg.data.val_split and cfg.data.split_file and not with_pairings:
         val_ingest = replace(cfg.ingest, with_pairings=False, target="gt", augment=False)
-        ds["val"] = scan_dataset(cfg.data.pairing, val_ingest, split_scenes(cfg.data, cfg.data.val_split))
+        ds["val"] = scan_dataset(cfg.data.pairing, val_ingest, *split_selection(cfg.data, cfg.data.val_split))
     return ds
 
 
@@ -109,7 +118,8 @@ def check_data(kind: str, cfg: TrainJob) -> int:
     names, schema of the first shard), the splits, and enough scans for one step. Returns the number of
     training scans (from the manifest)."""
     shards = S.open_folder(cfg.data.pairing, require_manifest=cfg.data.require_manifest, what="pairing folder")
-    train = S.select(shards, split_scenes(cfg.data, cfg.data.train_split))
+    scenes, keyframes = split_selection(cfg.data, cfg.data.train_split)
+    train = S.select(shards, scenes)
     if not train:
         raise DataError(cfg.data.pairing, f"no shard of split {cfg.data.train_split!r} in the pairing folder")
     first = next(iter(train.values()))
@@ -118,6 +128,8 @@ def check_data(kind: str, cfg: TrainJob) -> int:
         if not S.select(shards, split_scenes(cfg.data, cfg.data.val_split)):
             raise DataError(cfg.data.pairing, f"no shard of split {cfg.data.val_split!r} (data.val_split)")
     rows = sum(s.entry.rows for s in train.values() if s.entry is not None)
+    if keyframes is not None:       # frame-level split: at most its keyframes (those prepared)
+        rows = min(rows, len(keyframes))
     need = cfg.loop.batch_size * cfg.scale.num_workers
     if all(s.entry is not None for s in train.values()) and rows < need:
         raise ConfigError(f"config key 'loop.batch_size': {cfg.loop.batch_size} scans x {cfg.scale.num_workers} "

@@ -76,8 +76,9 @@ def test_lidar_only_without_calib_and_images(kitti_root):
     shutil.rmtree(kitti_root / "sequences" / "08" / "image_2")
     kf = SemanticKITTIReader(kitti_root, sequences=["08"], cameras=()).read("08/000000")
     assert kf.cameras == [] and kf.num_points == 123389
-    with pytest.raises(DataError, match="image_2"):
+    with pytest.raises(DataError, match="calibration file missing .*prepare.cameras=false") as e:
         SemanticKITTIReader(kitti_root).read("08/000000")
+    assert e.value.item.endswith("sequences/08/calib.txt") and "\n" not in str(e.value)
 
 
 def test_kitti_robustness(kitti_root, real_data):
@@ -133,7 +134,10 @@ def test_kitti_object_calib_real_frame(real_data):
     assert np.all(proj.depth > 0)
 
 
-def test_kitti_one_percent_split(tmp_path):
+def test_kitti_splits_from_a_listed_root(tmp_path):
+    """Official sequence split + the frame-level 1 % rule over sorted full paths, from the reader's listing."""
+    from afov_ray.datasets.reader import make_reader
+
     root = tmp_path / "kitti"
     counts = {"00": 150, "01": 60, "05": 1, "08": 7, "11": 3}
     for seq, n in counts.items():
@@ -141,11 +145,24 @@ def test_kitti_one_percent_split(tmp_path):
         vdir.mkdir(parents=True)
         for i in range(n):
             (vdir / f"{i:06d}.bin").write_bytes(b"")
-    splits = make_kitti_splits(root, skip_step=100)
+    reader = SemanticKITTIReader(root, cameras=())
+    assert reader.all_sequences() == ["00", "01", "05", "08", "11"]
+    frames = {s: reader.frames(s) for s in reader.all_sequences()}
+    splits = make_kitti_splits(frames, skip_step=100)
+    assert sorted(splits) == ["test", "train", "train_1pct", "val"]
     # sorted full paths: 00/000000..000149, 01/000000..000059, 05/000000 -> indices 0, 100, 200
-    assert splits["train"].keyframes == ["00/000000", "00/000100", "01/000050"]
-    assert splits["train"].scenes == ["00", "01"] and splits["train"].rule["frames_total"] == 211
-    assert splits["val"].keyframes == [f"08/{i:06d}" for i in range(7)]
-    assert len(make_kitti_splits(root, skip_step=1)["train"].keyframes) == 211
+    one = splits["train_1pct"]
+    assert one.keyframes == ["00/000000", "00/000100", "01/000050"]
+    assert one.scenes == ["00", "01"] and one.rule["frames_total"] == 211 and one.rule["level"] == "frame"
+    assert splits["train"].scenes == ["00", "01", "05"] and len(splits["train"].keyframes) == 211
+    assert splits["train"].rule["level"] == "scene"
+    assert splits["val"].keyframes == [f"08/{i:06d}" for i in range(7)] and splits["val"].scenes == ["08"]
+    assert splits["test"].scenes == ["11"]
+    assert make_kitti_splits(frames, skip_step=1)["train_1pct"].keyframes == splits["train"].keyframes
     write_split_file(tmp_path / "k.json", splits)
     assert read_split_file(tmp_path / "k.json") == splits
+    # prepare.split=train_1pct: a reader of exactly those scans
+    r1 = make_reader("semantickitti", str(root), split="train_1pct", cameras=False)
+    assert r1.scenes() == ["00", "01"]
+    assert [k for s in r1.scenes() for k in r1.keyframe_ids(s)] == one.keyframes
+    assert make_reader("semantickitti", str(root), split="val", cameras=False).scenes() == ["08"]

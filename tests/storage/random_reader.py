@@ -1,8 +1,9 @@
 """An in-test Reader over random keyframes (the real nuScenes / KITTI readers land separately).
 
 Implements the ``afov_ray.datasets.reader.Reader`` protocol: ``dataset``, ``dataroot``,
-``scenes()``, ``keyframe_ids()``, ``read()``. Keyframes listed in ``bad`` raise DataError; with
-``exit_at=(scene, index)`` reading that keyframe kills the process (simulates a killed job).
+``scenes()``, ``keyframe_ids()``, ``describe()`` / ``load()`` / ``read()``, ``warnings()``. Keyframes listed in
+``bad`` raise DataError when loaded; with ``exit_at=(scene, index)`` loading that keyframe kills the process
+(simulates a killed job).
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ class RandomReader:
 
     def keyframe_ids(self, scene: str) -> list[str]:
         return [f"{scene}/kf{j:03d}" for j in range(self.keyframes_per_scene)]
+
+    def describe(self, keyframe_id: str) -> dict:
+        return {"id": keyframe_id}
+
+    def load(self, descriptor: dict) -> Keyframe:
+        return self.read(descriptor["id"])
+
+    def warnings(self) -> list[str]:
+        return []
 
     def read(self, keyframe_id: str) -> Keyframe:
         scene, _, kf = keyframe_id.partition("/")

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from afov_ray.config import ConfigError
 from afov_ray.errors import DataError
 from afov_ray.teachers.clip_model import build_clip, clip_config, load_clip, read_state_dict
 from afov_ray.teachers.maskclip import (
@@ -92,7 +93,7 @@ def test_checkpoint_file_loads(tmp_path, tiny):
         warnings.simplefilter("ignore")
         scripted = torch.jit.trace_module(tiny, {"encode_image": img})
         scripted.save(str(tmp_path / "openai_style.pt"))
-        with pytest.raises(DataError, match="allow_torchscript"):
+        with pytest.raises(DataError, match="openai_style.pt: not a weights-only state dict.*allow_torchscript"):
             load_clip(tmp_path / "openai_style.pt", TINY)
         m3 = load_clip(read_state_dict(tmp_path / "openai_style.pt", allow_torchscript=True), TINY)
     for k, v in sd.items():
@@ -283,6 +284,19 @@ def test_no_weights_is_refused_unless_allowed_and_bpe_ships_with_the_package(tmp
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(bad))
     with pytest.raises(DataError, match="runs code when loaded"):
         MaskCLIPTeacher(MaskCLIPConfig(model="tiny", device="cpu", weights=str(bad), bpe_path=bpe_path), ["car"])
+
+
+def test_missing_bpe_is_named(tmp_path):
+    missing = tmp_path / "no_vocab.txt.gz"
+    with pytest.raises(DataError) as e:
+        MaskCLIPTeacher(MaskCLIPConfig(model="tiny", bpe_path=str(missing), device="cpu", allow_random_weights=True),
+                        ["car"])
+    assert str(missing) in str(e.value)
+
+
+def test_random_weights_are_refused_unless_allowed(bpe_path):
+    with pytest.raises(ConfigError, match="teacher.maskclip.weights.*allow_random_weights"):
+        MaskCLIPTeacher(MaskCLIPConfig(model="tiny", bpe_path=bpe_path, device="cpu"), ["car"])
 
 
 # ------------------------------------------------------------------ end to end through Ray Data
