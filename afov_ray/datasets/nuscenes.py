@@ -8,6 +8,7 @@ Bad input raises :class:`afov_ray.errors.DataError` naming the file, sample/came
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -44,6 +45,18 @@ def _image_size(path: str, item: str) -> tuple[int, int]:
             return int(im.size[0]), int(im.size[1])
     except OSError as exc:
         raise DataError(item, f"cannot read image header of {path}: {exc}") from None
+
+
+def _bad_table(folder: str) -> str | None:
+    """The first ``*.json`` table of ``folder`` that is not valid JSON, if any (to name it in an error)."""
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json"):
+            try:
+                with open(os.path.join(folder, name), "rb") as f:
+                    json.load(f)
+            except (OSError, ValueError):
+                return os.path.join(folder, name)
+    return None
 
 
 def _intrinsic(cs: dict[str, Any]) -> np.ndarray:
@@ -98,9 +111,14 @@ class NuScenesReader:
         if self._nusc is None:
             from nuscenes.nuscenes import NuScenes
 
-            if not os.path.isdir(os.path.join(self.dataroot, self.version)):
+            tables = os.path.join(self.dataroot, self.version)
+            if not os.path.isdir(tables):
                 raise DataError(self.dataroot, f"no table folder {self.version!r} in the dataroot")
-            self._nusc = NuScenes(version=self.version, dataroot=self.dataroot, verbose=False)
+            try:
+                self._nusc = NuScenes(version=self.version, dataroot=self.dataroot, verbose=False)
+            except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:   # the devkit's own errors
+                raise DataError(_bad_table(tables) or tables,
+                                f"cannot load the nuScenes tables ({type(exc).__name__}: {exc})") from None
         return self._nusc
 
     # -- enumeration ----------------------------------------------------------------------------
