@@ -6,6 +6,9 @@ Every job is ``python jobs/<name>.py [--config PRESET.yaml] [key.sub=value ...]`
 - ``--print-config`` prints the resolved config as JSON and exits (validation included);
 - a bad key or value is ONE line on stderr naming the key (and the closest valid keys), exit code 2;
   a data error names the file / scene / sample, exit code 1; no traceback for either;
+- a path that would leave its folder (``UnsafePathError``) or a file-system error (``OSError``: a folder that
+  is a file, an unreachable S3 endpoint) is one line too, exit code 1 (``AFOV_LOG_LEVEL=DEBUG`` logs the
+  traceback);
 - ``run_job`` sets up logging, parses, and runs the job body, which returns the exit code
   (0 done, 1 some items failed or were skipped, 2 bad config, 3 nothing produced).
 Presets named by a job's default ``--config`` are found from any working directory.
@@ -22,8 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from afov_ray.config import ConfigError, describe, load_config, to_dict
-from afov_ray.errors import DataError
-from afov_ray.log import get_logger, setup_logging
+from afov_ray.errors import AfovError, DataError
+from afov_ray.log import get_logger, redact_uri, setup_logging
 
 log = get_logger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +112,10 @@ def run_job(cls, body: Callable[[Any], int | None], description: str, argv: list
         return 2
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (AfovError, OSError) as e:   # UnsafePathError, EngineNotInstalled; file-system / S3 errors
+        log.debug("%s", type(e).__name__, exc_info=True)
+        print(f"error: {type(e).__name__}: {redact_uri(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -284,6 +284,8 @@ def _load_yaml(p: Path) -> dict:
         raise ConfigError(f"config file not found: {p}")
     try:
         loaded = yaml.safe_load(p.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p}: not a text (YAML) file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(loaded, dict):

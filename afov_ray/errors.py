@@ -19,5 +19,9 @@ class DataError(AfovError):
         return f"{self.item}: {self.message}"
 
 
+class UnsafePathError(AfovError, ValueError):
+    """A path built from data or user input would leave its folder (``..``, absolute, ``s3://b/a/../x``)."""
+
+
 class EngineNotInstalled(AfovError, ImportError):
     """A requested sparse-conv engine is not importable; the message says what to install."""

@@ -39,9 +39,10 @@ def setup_logging(level: str | int | None = None) -> None:
 
 
 def progress_enabled(enabled: bool | None = None) -> bool:
-    if enabled is not None:
-        return enabled
-    return os.environ.get("AFOV_PROGRESS", "1") not in ("0", "false", "no")
+    """``AFOV_PROGRESS=0`` turns every bar off (a config's ``progress: true`` included)."""
+    if os.environ.get("AFOV_PROGRESS", "1") in ("0", "false", "no"):
+        return False
+    return True if enabled is None else enabled
 
 
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it",

@@ -37,10 +37,13 @@ from afov_ray.datasets.sweeps import (
     sweeps_schema,
 )
 from afov_ray.errors import DataError
+from afov_ray.log import get_logger
 from afov_ray.pipeline.shard_pass import ExecConfig, ItemResult, PassItem, PassSummary, ShardPass, run_pass
 from afov_ray.runtime import RayKeys, init_ray
 from afov_ray.storage import uri as U
 from afov_ray.storage.atomic import AtomicParquetWriter
+
+log = get_logger(__name__)
 
 SWEEPS_DIR = "sweeps"
 SPLITS_NAME = "splits.json"
@@ -126,7 +129,7 @@ class PreparePass(ShardPass):
         return list(self.reader.warnings())
 
     def run_item(self, item: PassItem) -> ItemResult:
-        scene, skipped = item.key, []
+        scene, skipped, unlabelled = item.key, [], 0
         if "error" in item.payload:
             raise DataError(item.payload["error"]["item"], item.payload["error"]["message"])
         descs = item.payload["keyframes"]
@@ -149,6 +152,7 @@ class PreparePass(ShardPass):
                         item_name = e.item if str(e.item).startswith(scene) else f"{scene}/{e.item}"
                         skipped.append({"item": item_name, "message": e.message})
                         continue
+                    unlabelled += kf.labels is None
                     buffer.append(kf)
                     if len(buffer) >= self.cfg.rows_per_group:
                         writer.write_table(keyframes_to_table(buffer))
@@ -161,11 +165,13 @@ class PreparePass(ShardPass):
             return ItemResult(scene, "written", shard=None, skipped=skipped)
         entry = {"name": U.basename(writer.final_uri), "rows": writer.rows,
                  "bytes": writer.stream.bytes_written, "sha256": writer.stream.sha256}
-        return ItemResult(scene, "written", shard=entry, skipped=skipped, stats={"keyframes": writer.rows})
+        return ItemResult(scene, "written", shard=entry, skipped=skipped,
+                          stats={"keyframes": writer.rows, "unlabelled": unlabelled})
 
     def summarize(self, records: list[dict]) -> dict:
         return {"keyframes": sum(int(r["stats"].get("keyframes", 0)) for r in records),
-                "keyframes_skipped": sum(len(r.get("skipped", [])) for r in records)}
+                "keyframes_skipped": sum(len(r.get("skipped", [])) for r in records),
+                "keyframes_unlabelled": sum(int(r["stats"].get("unlabelled", 0)) for r in records)}
 
     def manifest_info(self) -> dict:
         return {"dataset": self.cfg.dataset, "dataroot": self.cfg.dataroot, "version": self.cfg.version,
@@ -204,6 +210,12 @@ def run_prepare(cfg: PrepareConfig, out_uri: str, reader: Reader | None = None) 
 
         init_ray()
     summary = run_pass(p)
+    if summary.stats.get("keyframes_unlabelled"):
+        log.warning("%d of %d keyframes have no ground-truth labels (nuScenes: no lidarseg table (lidarseg.json) in "
+                    "%s; SemanticKITTI: no labels/ files): their shards hold null labels, so fine-tuning, validation "
+                    "and evaluation have nothing to score", summary.stats["keyframes_unlabelled"],
+                    summary.stats.get("keyframes", 0), U.join(cfg.dataroot, cfg.version) if cfg.dataset == "nuscenes"
+                    else cfg.dataroot)
     if cfg.write_splits:
         summary.stats["splits"] = write_splits(cfg, out_uri, p.reader)
     summary.seconds = time.perf_counter() - t0

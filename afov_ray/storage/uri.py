@@ -22,14 +22,12 @@ import functools
 import os
 from typing import TYPE_CHECKING
 
+from afov_ray.errors import UnsafePathError  # noqa: F401 - raised here as U.UnsafePathError; lives in errors
+
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow.fs
 
 S3_SCHEME = "s3://"
-
-
-class UnsafePathError(ValueError):
-    """A path component built from data or user input would escape its folder (``..``, absolute)."""
 
 
 def check_component(part: str, what: str = "path component") -> str:

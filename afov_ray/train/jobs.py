@@ -132,9 +132,9 @@ def check_data(kind: str, cfg: TrainJob) -> int:
         rows = min(rows, len(keyframes))
     need = cfg.loop.batch_size * cfg.scale.num_workers
     if all(s.entry is not None for s in train.values()) and rows < need:
-        raise ConfigError(f"config key 'loop.batch_size': {cfg.loop.batch_size} scans x {cfg.scale.num_workers} "
-                          f"workers per step, but split {cfg.data.train_split!r} has {rows} scans: not one step "
-                          f"would run")
+        raise ConfigError(f"config keys 'loop.batch_size' x 'scale.num_workers': {cfg.loop.batch_size} scans x "
+                          f"{cfg.scale.num_workers} workers per step, but split {cfg.data.train_split!r} has {rows} "
+                          f"scans: not one step would run")
     return rows
 
 

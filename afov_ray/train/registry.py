@@ -191,7 +191,7 @@ def _load_registered(uri: str, tracking_uri: str | None):
         raise
     except Exception as e:  # noqa: BLE001 - MlflowException / missing artifacts: one line naming the URI
         raise DataError(uri, f"cannot load the model from {redact_uri(tracking_uri or 'the default tracking store')} "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                             f"({type(e).__name__}: {redact_uri(str(e).splitlines()[0])[:200]})") from None
 
 
 def _artifact_uri(uri: str, tracking_uri: str | None) -> str:

@@ -421,14 +421,14 @@ def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettin
     if "://" not in storage:
         storage = os.path.abspath(storage)
         os.makedirs(storage, exist_ok=True)
+    tracker = Tracker(loop.tracking)
+    if tracker.active:   # before Ray starts: a store that is down is a quick one-line error
+        check_connection(tracker.tracking_uri)
     init_ray(scale.address)
     require_resources({"CPU": scale.cpus_per_worker, "GPU": 1.0 if scale.use_gpu else 0.0}, scale.num_workers,
                       f"scale.num_workers={scale.num_workers} x (scale.cpus_per_worker={scale.cpus_per_worker}"
                       + (", 1 GPU)" if scale.use_gpu else ")"), wait=scale.wait_for_resources)
     tags = {"stage": stage.name, **stage.lineage(), **(lineage or {})}
-    tracker = Tracker(loop.tracking)
-    if tracker.active:
-        check_connection(tracker.tracking_uri)
     run_id = tracker.start(params=job_config or {"stage": stage.name, **stage.params()}, tags=tags,
                            run_id=previous_run_id(storage, run.name))
     if job_config is not None:

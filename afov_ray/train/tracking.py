@@ -88,7 +88,7 @@ def check_connection(tracking_uri: str, what: str = "loop.tracking.tracking_uri"
         client_for(tracking_uri).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - MlflowException, connection errors, bad URIs
         raise ConfigError(f"config key {what!r}: the MLflow tracking store {redact_uri(tracking_uri)} is not reachable "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                          f"({type(e).__name__}: {redact_uri(str(e).splitlines()[0])[:200]})") from None
 
 
 def ensure_experiment(tracking_uri: str, name: str) -> str:
@@ -286,7 +286,7 @@ def run_config(run_id: str, tracking_uri: str) -> dict:
                                                    tracking_uri=tracking_uri)
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"--from-run {run_id}: no config.yaml in that run at {redact_uri(tracking_uri)} "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+                          f"({type(e).__name__}: {redact_uri(str(e).splitlines()[0])[:160]})") from None
     return yaml.safe_load(Path(path).read_text()) or {}
 
 

@@ -21,8 +21,18 @@ import time
 
 import pytest
 
-from tests.cluster.harness import (DRILLS, doc_block, expand, find_run, local_disk_problems, metric_steps,
-                                   mlflow_client, s3_json, s3_keys, submit_words)
+from tests.cluster.harness import (
+    DRILLS,
+    doc_block,
+    expand,
+    find_run,
+    local_disk_problems,
+    metric_steps,
+    mlflow_client,
+    s3_json,
+    s3_keys,
+    submit_words,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 WAIT_S = 1500               # bounded waits on state; the machine may be loaded

@@ -16,8 +16,20 @@ import os
 
 import pytest
 
-from tests.cluster.harness import (USER_PATH, doc_block, find_run, launcher, listening_sockets, local_disk_problems,
-                                   mlflow_client, run_documented, s3_client, s3_json, s3_keys, working_dir_copies)
+from tests.cluster.harness import (
+    USER_PATH,
+    doc_block,
+    find_run,
+    launcher,
+    listening_sockets,
+    local_disk_problems,
+    mlflow_client,
+    run_documented,
+    s3_client,
+    s3_json,
+    s3_keys,
+    working_dir_copies,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
