@@ -95,6 +95,12 @@ def parse_job_args(cls, description: str, argv: list[str] | None = None, default
     return cfg, ns
 
 
+def _is_storage_error(e: BaseException) -> bool:
+    """UnsafePathError, EngineNotInstalled (AfovError); file-system errors (OSError, pyarrow's S3 errors);
+    boto3's (``botocore`` exceptions: an S3 endpoint that cannot be reached)."""
+    return isinstance(e, (AfovError, OSError)) or type(e).__module__.split(".")[0] in ("botocore", "boto3")
+
+
 def run_job(cls, body: Callable[[Any], int | None], description: str, argv: list[str] | None = None,
             default_config: str | None = None, run_config: Callable[[str, str | None], dict] | None = None) -> int:
     """The whole ``main()`` of a job: logging, parsing, the body, one-line errors, the exit code
@@ -113,7 +119,9 @@ def run_job(cls, body: Callable[[Any], int | None], description: str, argv: list
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (AfovError, OSError) as e:   # UnsafePathError, EngineNotInstalled; file-system / S3 errors
+    except Exception as e:  # noqa: BLE001 - only the storage errors below are one line; the rest re-raise
+        if not _is_storage_error(e):
+            raise
         log.debug("%s", type(e).__name__, exc_info=True)
         print(f"error: {type(e).__name__}: {redact_uri(str(e))}", file=sys.stderr)
         return 1

@@ -140,14 +140,24 @@ def atomic_output(final_uri: str) -> Iterator[Any]:
     except BaseException:
         try:
             stream.close()
-        finally:
-            U.delete(tmp)
+        except Exception:  # noqa: BLE001 - the write's own error is the one to report
+            pass
+        _discard(tmp)
         raise
     try:
         commit(tmp, final_uri)
     except BaseException:
-        U.delete(tmp)
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: str) -> None:
+    """Best-effort removal of a temp object after a failed write: with the store unreachable it stays
+    (``cleanup_stale`` removes it on the next run) and the write's own error is raised."""
+    try:
+        U.delete(tmp)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def atomic_write_bytes(final_uri: str, data: bytes) -> None:

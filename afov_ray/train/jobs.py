@@ -26,7 +26,7 @@ from afov_ray.train.data import IngestConfig, scan_dataset
 from afov_ray.train.optim import OptimConfig
 from afov_ray.train.runner import LoopConfig, RunSettings, ScaleConfig, run_stage
 from afov_ray.train.stages import ModelConfig, SegConfig, SegStage, TMPConfig, TMPStage
-from afov_ray.train.tracking import TrackingConfig, default_tracking_uri, git_commit, run_config
+from afov_ray.train.tracking import TrackingConfig, check_connection, default_tracking_uri, git_commit, run_config
 
 
 @dataclass
@@ -154,6 +154,8 @@ def run_train_job(kind: str, cfg: TrainJob, callbacks: list | None = None, linea
     rows = check_data(kind, cfg)
     stage.check_inputs()
     init_state = stage.init_state()
+    if cfg.loop.tracking.enabled:   # before Ray starts: a tracking store that is down is a quick one-line error
+        check_connection(cfg.loop.tracking.tracking_uri or default_tracking_uri())
     init_ray(cfg.scale.address)
     if kind == "tmp":
         datasets = build_datasets(cfg, with_pairings=True, train_target="pseudo")

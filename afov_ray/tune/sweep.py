@@ -400,7 +400,8 @@ def sweep_job(cfg: SweepJob) -> int:
     import json
 
     summary = run_sweep(cfg)
-    print("sweep summary: " + json.dumps(summary, default=str))   # one line, for scripts
+    # one line, for scripts; starts a fresh line after any progress bar Ray relayed from a worker
+    print("\nsweep summary: " + json.dumps(summary, default=str), flush=True)
     errors = [t for t in summary["trials"] if t["error"]]
     if summary["best"] is None:
         print(f"sweep {cfg.sweep.name}: no trial finished ({len(errors)} errors)")

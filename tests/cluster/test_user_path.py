@@ -163,8 +163,9 @@ def read_s3_parquet(cluster, key: str):
 
 def test_sweep_runs_two_trials_and_registers_the_best(local_cluster, user_path):
     run = job(user_path, "sweep")
-    line = next(ln for ln in run.logs.splitlines() if ln.startswith("sweep summary: "))
-    summary = json.loads(line[len("sweep summary: "):])
+    # the line may follow a worker's progress-bar escape codes in the job's log: take it from the marker on
+    line = next(ln for ln in run.logs.splitlines() if "sweep summary: " in ln)
+    summary = json.loads(line.split("sweep summary: ", 1)[1])
     assert len(summary["trials"]) == 2 and all(t["error"] is None for t in summary["trials"]), summary["trials"]
     assert summary["experiment_path"].startswith(local_cluster.bucket + "/tune/")
     assert summary["best"]["registered"]["uri"] == "models:/afov-distill@best"

@@ -18,6 +18,7 @@ Config errors fail before Ray starts (a few seconds each); data cases run their 
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -155,7 +156,9 @@ def no_pairing_manifest(root: Path) -> None:
 
 
 def missing_image(root: Path) -> None:
-    """One camera image of scene-0001's first keyframe is gone."""
+    """One camera image of scene-0001's first keyframe is gone (and a tiny BPE vocabulary for the tiny CLIP)."""
+    merges = ["c a", "ca r</w>", "r o", "ro a", "roa d</w>", "t r", "e e", "tr ee</w>"]
+    (root / "bpe.txt.gz").write_bytes(gzip.compress(("#version: 0.2\n" + "\n".join(merges) + "\n").encode()))
     t = pq.read_table(_sweeps(root) / "scene-0001.parquet", columns=["cam_image_path"])
     (root / "ns" / t.column("cam_image_path")[0].as_py()[0]).unlink()
 
@@ -231,6 +234,9 @@ TRAIN = ("data.pairing={root}/out/pairing", "data.split_file={root}/out/splits.j
          "run.storage_path={new}/ray", "scale.use_gpu=false", "loop.batch_size=1")
 PREP = ("prepare.dataroot={root}/ns", "out={new}/o", "prepare.exec.use_ray=false")
 TEACH = ("sweeps={root}/out/sweeps", "out={new}/t", "teacher.dataroot={root}/ns", "teacher.exec.use_ray=false")
+MASKCLIP_TINY = ("teacher.teacher=maskclip", "teacher.maskclip.model=tiny", "teacher.maskclip.device=cpu",
+                 "teacher.maskclip.allow_random_weights=true", "teacher.maskclip.bpe_path={root}/bpe.txt.gz",
+                 "teacher.maskclip.image_short_side=32")
 PAIR = ("sweeps={root}/out/sweeps", "teacher_run={run}", "out={new}/p", "pair.exec.use_ray=false")
 PRED = ("input={root}/out/pairing", "out={new}/pred", "predict.model={root}/model", "predict.exec.use_ray=false")
 EVAL = ("pred={root}/out/pred", "out={new}/eval", "eval.exec.use_ray=false", "eval.plots=false")
@@ -317,7 +323,8 @@ CASES = [
     C("manifest_sha256_edited", "teacher", TEACH, 1, ("scene-0001.parquet", "sha256"), mutate=edit_sha,
       check=check_one_scene_failed),
     C("shards_swapped", "teacher", TEACH, 1, "scene-0001.parquet", mutate=swap_shards),
-    C("shards_swapped_with_new_manifest", "teacher", TEACH, 1, ("scene-0001", "file name"),
+    # both scenes fail: nothing produced (exit 3)
+    C("shards_swapped_with_new_manifest", "teacher", TEACH, 3, ("scene-0001", "file name"),
       mutate=swap_shards_remanifested),
     C("manifest_names_dotdot_shard", "teacher", TEACH, 1, ("_manifest.json", "../../../etc/x.parquet"),
       mutate=dotdot_manifest_name),
@@ -326,7 +333,8 @@ CASES = [
       ("scene-0001.parquet", "Parquet"), mutate=corrupt_parquet_no_manifest),
     C("teacher_scene_column_dotdot", "teacher", TEACH, 1, ("scene-0001", "../../../X"),
       mutate=dotdot_scene_sweeps, check=check_one_scene_failed),
-    C("teacher_missing_camera_image", "teacher", TEACH, 1, ("CAM_",), mutate=missing_image,
+    # a teacher that reads the images (the simulated one renders from the scene description): tiny MaskCLIP
+    C("teacher_missing_camera_image", "teacher", TEACH + MASKCLIP_TINY, 1, ("CAM_",), mutate=missing_image,
       check=check_missing_image),
     # --- teacher runs -------------------------------------------------------------------------------------------
     C("pair_teacher_run_missing", "pair", ("sweeps={root}/out/sweeps", "teacher_run={root}/nope", "out={new}/p",
@@ -368,7 +376,7 @@ CASES = [
     C("predict_scene_column_dotdot", "predict", PRED, 1, ("scene-0001", "../../../X"), mutate=dotdot_scene_pairing,
       check=check_one_scene_failed),
     C("predict_submission_lidar_token_dotdot", "predict",
-      PRED + ("predict.sweeps={root}/out/sweeps", "submission={new}/sub", "sub.split=train"), 1,
+      PRED + ("predict.sweeps={root}/out/sweeps", "submission={new}/sub", "sub.split=val"), 1,   # scene-0003: val
       ("../../../../X", "lidar token"), mutate=dotdot_lidar_token),
     C("evaluate_pred_missing", "evaluate", ("pred={root}/nope",) + EVAL[1:], 1, "nope"),
     C("evaluate_on_sweeps_not_predictions", "evaluate", ("pred={root}/out/sweeps",) + EVAL[1:], 1,

@@ -273,7 +273,9 @@ def test_s3_endpoint_down_mid_write_then_rerun_completes(s3, data, tmp_path):
     p = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 480
-        while not client.list_objects_v2(Bucket="afov", Prefix="prep/sweeps/_done/").get("KeyCount"):
+        # a committed record of a finished scene (not the temp object of one being written: _done/_tmp/...)
+        while not [o for o in client.list_objects_v2(Bucket="afov", Prefix="prep/sweeps/_done/").get("Contents", [])
+                   if "/_tmp/" not in o["Key"]]:
             assert p.poll() is None, p.communicate()[1][-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.05)
