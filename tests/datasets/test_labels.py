@@ -1,4 +1,4 @@
-"""Label maps (afov-reference.md section 3) on real labels and against the devkit's LidarsegClassMapper."""
+"""Label maps (docs/method.md "Label maps and the ignore index") on real labels and against the devkit's LidarsegClassMapper."""
 
 from __future__ import annotations
 

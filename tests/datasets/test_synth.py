@@ -1,7 +1,7 @@
 """Tests of the procedural nuScenes / SemanticKITTI generator (afov_ray.datasets.synth).
 
 Real files, real nuscenes-devkit 1.2.0; small sizes. The calibration-chain test follows
-afov-reference.md section 4.3 (lidar -> ego(t_lidar) -> global -> ego(t_cam) -> cam, K, round()).
+docs/method.md "Projection" (lidar -> ego(t_lidar) -> global -> ego(t_cam) -> cam, K, round()).
 """
 
 from __future__ import annotations
