@@ -213,6 +213,9 @@ class Cluster:
         env.update({"AWS_ENDPOINT_URL": self.s3_url, "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
                     "MLFLOW_TRACKING_URI": self.mlflow_url, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
                     LOOPBACK_ENV: "0", **NODE_SETTINGS, "AFOV_CACHE_DIR": str(self.root / "cache"),
+                    # matplotlib (pictures of predict / evaluate / query) writes its font cache on first import:
+                    # node scratch too, not the HOME of the node's user
+                    "MPLCONFIGDIR": str(self.root / "cache" / "matplotlib"),
                     # Ray's State API client (Train's PlacementGroupCleaner uses it) finds "its" cluster by
                     # looking for running GCS processes; with other Rays on this machine it must be told
                     "RAY_API_SERVER_ADDRESS": self.dashboard})
