@@ -17,6 +17,7 @@ an infeasible request is a one-line ``ConfigError`` naming the keys instead of a
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +42,28 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     else:
         kwargs.setdefault("include_dashboard", True)
         kwargs.setdefault("dashboard_host", "127.0.0.1")
+        pin_state_api(kwargs)
         ray.init(num_cpus=num_cpus, **kwargs)
         log.info("started a local Ray (%s CPUs)", int(ray.cluster_resources().get("CPU", 0)))
         start_watcher(_session_dir())   # a killed driver leaves no Ray process behind (afov_ray.reaper)
     return ray
+
+
+def pin_state_api(kwargs: dict[str, Any]) -> None:
+    """Give a local Ray's dashboard a known port and name it in ``RAY_API_SERVER_ADDRESS`` before Ray starts.
+
+    Ray's State API client (Ray Train's PlacementGroupCleaner uses it to free a finished run's placement group)
+    finds "its" cluster by looking for running GCS processes; with another Ray on the machine it finds two and
+    fails, the placement group stays reserved and the next run waits forever for its CPUs. Ray's processes
+    inherit the variable from the driver, so they all reach the right dashboard. A variable already set is kept."""
+    if os.environ.get("RAY_API_SERVER_ADDRESS") or not kwargs.get("include_dashboard", True):
+        return
+    if not kwargs.get("dashboard_port"):
+        with socket.socket() as s:
+            s.bind((kwargs.get("dashboard_host", "127.0.0.1"), 0))
+            kwargs["dashboard_port"] = s.getsockname()[1]
+    host = kwargs.get("dashboard_host", "127.0.0.1")
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{host}:{kwargs['dashboard_port']}"
 
 
 def _session_dir() -> str:

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from afov_ray.runtime import pin_state_api
+
 
 @pytest.fixture(scope="module")
 def ray_local():
@@ -15,8 +17,9 @@ def ray_local():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # the dashboard serves the State API, which Train V2's PlacementGroupCleaner needs to free the
     # placement group of a finished trial (afov_ray.tune.sweep._init_ray_with_state_api)
-    ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=None,
-                   object_store_memory=256 * 2**20)
+    kwargs = dict(include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=256 * 2**20)
+    pin_state_api(kwargs)   # another Ray on the machine (the cluster tests') must not confuse the State API
+    ctx = ray.init(num_cpus=2, **kwargs)
     yield ctx.address_info["gcs_address"]
     ray.shutdown()
 
