@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from afov_ray.config import config_hash, load_config
+from afov_ray.reaper import session_pids
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -33,26 +34,7 @@ def _free_port() -> int:
 def _pids_with(marker: str) -> list[int]:
     """Processes whose command line or open files mention ``marker`` (Ray's agents rename themselves,
     e.g. ``ray::DashboardAgent``, but keep their logs under the head's temp dir open)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            hit = marker in cmd
-            if not hit:
-                for fd in os.listdir(f"/proc/{d}/fd"):
-                    try:
-                        if marker in os.readlink(f"/proc/{d}/fd/{fd}"):
-                            hit = True
-                            break
-                    except OSError:
-                        continue
-        except OSError:
-            continue
-        if hit:
-            out.append(int(d))
-    return out
+    return session_pids(marker, exclude={os.getpid()})
 
 
 def _stop_head(temp_dir: str) -> None:
