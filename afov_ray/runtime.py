@@ -26,6 +26,7 @@ from afov_ray.log import get_logger, redact_uri
 from afov_ray.reaper import start_watcher
 
 log = get_logger(__name__)
+_pinned: str | None = None   # the RAY_API_SERVER_ADDRESS that pin_state_api set, if any
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any):
@@ -55,15 +56,20 @@ def pin_state_api(kwargs: dict[str, Any]) -> None:
     Ray's State API client (Ray Train's PlacementGroupCleaner uses it to free a finished run's placement group)
     finds "its" cluster by looking for running GCS processes; with another Ray on the machine it finds two and
     fails, the placement group stays reserved and the next run waits forever for its CPUs. Ray's processes
-    inherit the variable from the driver, so they all reach the right dashboard. A variable already set is kept."""
-    if os.environ.get("RAY_API_SERVER_ADDRESS") or not kwargs.get("include_dashboard", True):
+    inherit the variable from the driver, so they all reach the right dashboard. A variable the user set is kept;
+    one this process set for an earlier local Ray (now shut down) is replaced, or the new Ray's cleaner would ask
+    a dead dashboard and leak the placement group of every finished fit."""
+    global _pinned
+    current = os.environ.get("RAY_API_SERVER_ADDRESS")
+    if (current and current != _pinned) or not kwargs.get("include_dashboard", True):
         return
     if not kwargs.get("dashboard_port"):
         with socket.socket() as s:
             s.bind((kwargs.get("dashboard_host", "127.0.0.1"), 0))
             kwargs["dashboard_port"] = s.getsockname()[1]
     host = kwargs.get("dashboard_host", "127.0.0.1")
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{host}:{kwargs['dashboard_port']}"
+    _pinned = f"http://{host}:{kwargs['dashboard_port']}"
+    os.environ["RAY_API_SERVER_ADDRESS"] = _pinned
 
 
 def _session_dir() -> str:

@@ -227,6 +227,13 @@ def coverage_stats(pseudo_eval: np.ndarray, gt: np.ndarray | None, num_classes: 
 PAIRING_SCHEMA_VERSION = 1
 
 
+# Parquet writer options of pairing shards: LZ4 without dictionary pages for the numeric lists (floats and
+# indices hardly repeat, and a dictionary page costs a decode per read), dictionaries for the strings. Training
+# reads every shard once per epoch: against zstd with dictionaries (1.04 MB per nuScenes keyframe), reading the
+# annotation-free columns costs ~0.7x the CPU for ~1.1x the bytes (bench/ingest_bench.py prints both).
+PAIRING_WRITE_OPTIONS = {"compression": "lz4", "use_dictionary": ["sample_token", "scene"]}
+
+
 def pairing_schema():
     """Arrow schema of a pairing shard: one row per keyframe (scan, labels, pseudo-labels, pairings, superpixel
     features as float16 bytes)."""

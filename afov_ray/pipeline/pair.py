@@ -27,6 +27,7 @@ from afov_ray.datasets.sweeps import table_to_keyframes
 from afov_ray.errors import DataError
 from afov_ray.geometry.pairing import (
     PAIRING_SCHEMA_VERSION,
+    PAIRING_WRITE_OPTIONS,
     CameraMasks,
     PairingConfig,
     encode_official,
@@ -141,7 +142,8 @@ class PairPass(ShardPass):
                     tot[k] += np.asarray(st[k], dtype=np.int64)
         if not rows:
             return ItemResult(item.key, skipped=skipped)
-        entry = self.commit_table(item.key, pa.Table.from_pylist(rows, schema=pairing_schema()))
+        entry = self.commit_table(item.key, pa.Table.from_pylist(rows, schema=pairing_schema()),
+                                  **PAIRING_WRITE_OPTIONS)
         return ItemResult(item.key, shard=entry, skipped=skipped,
                           stats={k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in tot.items()})
 

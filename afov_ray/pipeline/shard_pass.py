@@ -167,11 +167,12 @@ class ShardPass:
     def shard_uri(self, key: str) -> str:
         return U.join(self.out, f"{U.check_component(key, 'item name')}.parquet")
 
-    def commit_table(self, key: str, table: pa.Table, compression: str = "zstd") -> dict:
-        """Write ``table`` to ``<out>/<key>.parquet`` atomically; returns its ShardEntry as a dict."""
+    def commit_table(self, key: str, table: pa.Table, **write_options) -> dict:
+        """Write ``table`` to ``<out>/<key>.parquet`` atomically (``write_options`` for ``pq.write_table``;
+        default zstd); returns its ShardEntry as a dict."""
         uri = self.shard_uri(key)
         with atomic_output(uri) as stream:
-            pq.write_table(table, stream, compression=compression)
+            pq.write_table(table, stream, **{"compression": "zstd", **write_options})
         assert isinstance(stream, HashingStream)
         return asdict(ShardEntry(name=U.basename(uri), rows=table.num_rows, bytes=stream.bytes_written,
                                  sha256=stream.sha256))

@@ -21,6 +21,15 @@ import pytest
 
 from tests.cluster.harness import REPO, ClusterData, LocalCluster, build_data, git_status, tree
 
+_running: list = []   # the session's cluster while it is up
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the cluster after the last test of this folder, not at the end of the session: its dozen processes
+    (three raylets, dashboards, S3, MLflow) would slow down every later test."""
+    if _running and (nextitem is None or Path(nextitem.path).parent != Path(__file__).parent):
+        print(_running.pop().down())
+
 
 @pytest.fixture(scope="session")
 def local_cluster():
@@ -32,9 +41,11 @@ def local_cluster():
         status = git_status()
         cluster = LocalCluster.up(root, home=home)
         cluster.home_before, cluster.status_before = tree(home), status
+        _running.append(cluster)
         yield cluster
     finally:
-        if cluster is not None:
+        if cluster is not None and cluster in _running:
+            _running.remove(cluster)
             print(cluster.down())
         else:
             subprocess.run([str(REPO / "cluster" / "local" / "down.sh")], env={"AFOV_CLUSTER_DIR": str(root),

@@ -106,7 +106,14 @@ def test_pairing_shards_and_pseudo_label_quality(pipeline):
     # the occlusion test drops hidden points: fewer labelled, better agreement
     assert z["labelled"] < o["labelled"]
     assert z["agreement"] > o["agreement"]
-    t = pq.read_table(sorted((pipeline["tmp"] / "pair_zbuffer").glob("*.parquet"))[0])
+    shard = sorted((pipeline["tmp"] / "pair_zbuffer").glob("*.parquet"))[0]
+    # writer options (training reads): numeric lists LZ4 without dictionary pages, strings dictionary-encoded
+    meta = pq.ParquetFile(shard).metadata.row_group(0)
+    chunks = {meta.column(i).path_in_schema.split(".")[0]: meta.column(i) for i in range(meta.num_columns)}
+    assert chunks["points"].compression.startswith("LZ4")
+    assert not any("DICTIONARY" in e for e in chunks["points"].encodings)
+    assert any("DICTIONARY" in e for e in chunks["sample_token"].encodings)
+    t = pq.read_table(shard)
     row = t.slice(0, 1).to_pylist()[0]
     n = row["num_points"]
     assert len(row["points"]) == 4 * n and len(row["pseudo"]) == n and len(row["superpoint"]) == n

@@ -411,7 +411,11 @@ def test_mlflow_down_and_back_during_training_finishes_with_metrics(data, tmp_pa
                 run = next((r for r in runs if "train/loss" in r.data.metrics), None)
                 time.sleep(0.5)
             proxy.down()                 # the tracking server goes away while the job trains ...
-            time.sleep(15)
+            # ... and stays away until the job has noticed (a failed send), however slow the machine is ...
+            while "not sent yet" not in (tmp_path / "job.log").read_text() and p.poll() is None:
+                assert time.monotonic() < deadline + 300, "the job never noticed the outage"
+                time.sleep(0.5)
+            time.sleep(3)
             proxy.up()                   # ... and comes back
             p.wait(timeout=540)
         finally:
