@@ -34,7 +34,7 @@ from tests.cluster.harness import (
     submit_words,
 )
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(2400)]   # the first test also starts the cluster
 WAIT_S = 1500               # bounded waits on state; the machine may be loaded
 CTL = ["kill-node a", "add-node a", "stop mlflow --hard", "start mlflow"]
 

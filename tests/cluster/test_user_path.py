@@ -31,7 +31,7 @@ from tests.cluster.harness import (
     working_dir_copies,
 )
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(2400)]   # the first test also starts the cluster
 
 
 @pytest.fixture(scope="module")
