@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-pytestmark = [pytest.mark.ray]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(1800)]   # incl. the module-wide pipeline run
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from afov_ray.pipeline.shard_pass import ExecConfig
 from afov_ray.pipeline.teacher import TeacherPassConfig, run_teacher_pass
 from tests.pipeline.real_roots import kitti_root
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1800)]   # incl. module fixtures
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = ExecConfig(use_ray=False, progress=False)
 

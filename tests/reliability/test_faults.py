@@ -47,7 +47,7 @@ from tests.reliability.harness import (
     run_job,
 )
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1800)]   # incl. module fixtures
 
 
 def _free_port() -> int:

@@ -15,7 +15,7 @@ import pytest
 
 from afov_ray.reaper import session_pids
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1800)]   # incl. module fixtures
 REPO = Path(__file__).resolve().parents[2]
 
 

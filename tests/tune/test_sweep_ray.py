@@ -16,7 +16,7 @@ import torch
 
 from afov_ray.config import config_hash, load_config
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1800)]   # incl. module fixtures
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -123,7 +123,6 @@ def _experiment_state_has_terminated(exp: Path) -> bool:
     return False
 
 
-@pytest.mark.timeout(1500)
 def test_killed_sweep_driver_resumes(ray_local, chain, tmp_path):
     """SIGKILL the sweep driver once a trial has finished; the restarted driver restores the experiment,
     does not re-run the finished trial, runs the rest and registers the best model."""
