@@ -10,7 +10,8 @@ from afov_ray import runtime
 
 @pytest.fixture(autouse=True)
 def _clean(monkeypatch):
-    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "unset")   # recorded, so the value the test leaves is undone
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS")
     monkeypatch.setattr(runtime, "_pinned", None)
 
 
