@@ -229,8 +229,8 @@ PAIRING_SCHEMA_VERSION = 1
 
 # Parquet writer options of pairing shards: LZ4 without dictionary pages for the numeric lists (floats and
 # indices hardly repeat, and a dictionary page costs a decode per read), dictionaries for the strings. Training
-# reads every shard once per epoch: against zstd with dictionaries (1.04 MB per nuScenes keyframe), reading the
-# annotation-free columns costs ~0.7x the CPU for ~1.1x the bytes (bench/ingest_bench.py prints both).
+# reads every shard once per epoch: against zstd with dictionaries (0.91 MB per nuScenes keyframe), reading the
+# annotation-free columns costs ~0.7x the CPU for ~1.3x the bytes (bench/ingest_bench.py prints both).
 PAIRING_WRITE_OPTIONS = {"compression": "lz4", "use_dictionary": ["sample_token", "scene"]}
 
 
