@@ -167,11 +167,20 @@ def test_unique_first_matches_reference_on_int_rows():
     assert idx.tolist() == [0, 1, 4] and inv.tolist() == [0, 1, 0, 0, 2, 1]  # hand-computed
 
 
-def test_stable_order_fallback_for_wide_keys():
-    # keys near 2**62 leave no room for the point index: the merge-sort path must give the same result
-    key = np.array([2**62 + 5, 7, 2**62 + 5, 7, 2**62], dtype=np.int64)
+def test_unique_first_keys_on_wide_and_colliding_keys():
+    # keys near 2**62 and negative ones hash like any other
+    key = np.array([2**62 + 5, 7, 2**62 + 5, 7, 2**62, -3, -3], dtype=np.int64)
     idx, inv = unique_first_keys(key)
-    assert idx.tolist() == [0, 1, 4] and inv.tolist() == [0, 1, 0, 1, 2]
+    assert idx.tolist() == [0, 1, 4, 5] and inv.tolist() == [0, 1, 0, 1, 2, 3, 3]
+    # many keys that share their low bits (multiples of 2**40), in a scrambled order, against numpy
+    rng = np.random.default_rng(0)
+    key = rng.integers(0, 5000, 40_000).astype(np.int64) << 40
+    idx, inv = unique_first_keys(key)
+    _, first, back = np.unique(key, return_index=True, return_inverse=True)
+    assert idx.tolist() == sorted(first.tolist())
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    assert np.array_equal(inv, rank[back.ravel()])
 
 
 @pytest.mark.parametrize("ignore", [0, 255, 3, -1])
@@ -184,7 +193,10 @@ def test_majority_labels_match_reference(ignore):
         lab = rng.integers(0, 6, n)
         lab[rng.random(n) < 0.4] = max(ignore, 0)
         lab = torch.from_numpy(lab)
-        assert torch.equal(majority_labels(lab, inv, nv, ignore), ref.majority_labels(lab, inv, nv, ignore))
+        want = ref.majority_labels(lab, inv, nv, ignore)
+        assert torch.equal(majority_labels(lab, inv, nv, ignore), want)
+        if ignore >= 0:  # the compiled vote also runs on the shards' uint8 labels as stored
+            assert torch.equal(majority_labels(lab.to(torch.uint8), inv, nv, ignore), want)
     with pytest.raises(ValueError, match="negative"):
         majority_labels(torch.tensor([-2, 1]), torch.tensor([0, 0]), 1)
 
