@@ -2,7 +2,7 @@
 
 A checkpoint is a directory holding ``state.pt`` (model / optimiser / schedule state, epoch, step,
 the resolved config as plain data) and ``meta.json`` (the same small metadata plus the model's contract
-``model_spec``, readable without torch). Both are written with the one atomic writer
+``model_spec`` and the settings the fit trains with, ``afov_ray.train.resume``; readable without torch). Both are written with the one atomic writer
 (``afov_ray.storage.atomic``), so a crash never leaves a half-written file under the final name; Ray
 Train then uploads the whole directory.
 """
@@ -23,7 +23,8 @@ META_FILE = "meta.json"
 
 def save_checkpoint(directory: str | Path, *, model_state: dict, epoch: int, step: int,
                     optimizer_state: dict | None = None, schedule_state: dict | None = None,
-                    config: dict | None = None, metrics: dict | None = None, model_spec: dict | None = None) -> Path:
+                    config: dict | None = None, metrics: dict | None = None, model_spec: dict | None = None,
+                    settings: dict | None = None) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {"model": model_state, "optimizer": optimizer_state, "schedule": schedule_state,
@@ -33,6 +34,8 @@ def save_checkpoint(directory: str | Path, *, model_state: dict, epoch: int, ste
     atomic_write_bytes(str(d / STATE_FILE), buf.getvalue())
     meta = {"epoch": int(epoch), "step": int(step), "metrics": _plain(metrics or {}), "model_spec": model_spec,
             "mlflow_run_id": (config or {}).get("mlflow_run_id")}
+    if settings is not None:   # what the fit trains (afov_ray.train.resume): a resume with others is refused
+        meta["settings"] = settings
     atomic_write_json(str(d / META_FILE), meta, indent=1)
     return d
 

@@ -38,6 +38,7 @@ from afov_ray.storage import uri as U
 from afov_ray.train.checkpoint import load_checkpoint, save_checkpoint
 from afov_ray.train.optim import CosineSchedule, OptimConfig, build_optimizer, freeze_for_linear_probe
 from afov_ray.train.registry import register
+from afov_ray.train.resume import check_resume, checkpoint_dirs, previous_run_id, training_settings
 from afov_ray.train.tracking import Tracker, TrackingConfig, check_connection, log_job_config
 
 log = get_logger(__name__)
@@ -239,7 +240,7 @@ def _stage_loop(config: dict) -> None:
                 save_checkpoint(td, model_state=inner.state_dict(), optimizer_state=optimizer.state_dict(),
                                 schedule_state=schedule.state_dict(), epoch=epoch_done, step=step,
                                 config={"steps_done_in_epoch": steps_in_epoch, "mlflow_run_id": run_id},
-                                metrics=metrics, model_spec=spec)
+                                metrics=metrics, model_spec=spec, settings=config.get("settings"))
                 checkpoint = ray.train.Checkpoint.from_directory(td)
             ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -347,32 +348,6 @@ class StageResult:
         return self.result.metrics_dataframe
 
 
-def _checkpoint_dirs(storage: str, name: str) -> list[str]:
-    """Checkpoint folders of a Train run (``<storage>/<name>/checkpoint_*``, folders only)."""
-    import pyarrow.fs as pafs
-
-    root = U.join(storage, name)
-    fs, path = U.resolve(root)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
-    return sorted(U.join(root, U.basename(i.path)) for i in infos
-                  if i.type == pafs.FileType.Directory and U.basename(i.path).startswith("checkpoint_"))
-
-
-def previous_run_id(storage: str, name: str) -> str | None:
-    """The MLflow run of an earlier, interrupted fit with the same run name and storage (resume)."""
-
-    for d in sorted(_checkpoint_dirs(storage, name), reverse=True):
-        meta = U.join(d, "meta.json")
-        if U.exists(meta):
-            try:
-                rid = json.loads(U.read_bytes(meta)).get("mlflow_run_id")
-            except ValueError:
-                continue
-            if rid:
-                return rid
-    return None
-
-
 def best_of(result) -> tuple[Any, dict]:
     """The best reported checkpoint by the score (validation mIoU; TMP: lowest training loss); the last one
     when none was scored."""
@@ -390,7 +365,7 @@ def remove_unreported_checkpoints(storage: str, name: str, result) -> list[str]:
     if result.checkpoint is not None:
         keep.add(os.path.basename(str(result.checkpoint.path).rstrip("/")))
     removed = []
-    for d in _checkpoint_dirs(storage, name):
+    for d in checkpoint_dirs(storage, name):
         if U.basename(d) not in keep:
             fs, path = U.resolve(d)
             fs.delete_dir(path)
@@ -421,6 +396,8 @@ def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettin
     if "://" not in storage:
         storage = os.path.abspath(storage)
         os.makedirs(storage, exist_ok=True)
+    settings = training_settings(stage.name, stage.params(), loop)
+    check_resume(storage, run.name, settings)   # re-running a run name with other settings: refused here
     tracker = Tracker(loop.tracking)
     if tracker.active:   # before Ray starts: a store that is down is a quick one-line error
         check_connection(tracker.tracking_uri)
@@ -439,7 +416,7 @@ def run_stage(stage: Stage, loop: LoopConfig, scale: ScaleConfig, run: RunSettin
         stage_loop,
         train_loop_config={"stage": stage, "loop": loop, "checkpoint_every_steps": run.checkpoint_every_steps,
                            "torch_threads": scale.torch_threads, "mlflow_run_id": run_id, "error_key": error_key,
-                           "steps_per_epoch": steps_per_epoch,
+                           "steps_per_epoch": steps_per_epoch, "settings": settings,
                            "init_ref": None if init_state is None else ray.put(init_state)},
         scaling_config=ScalingConfig(num_workers=scale.num_workers, use_gpu=scale.use_gpu,
                                      resources_per_worker={"CPU": scale.cpus_per_worker}),

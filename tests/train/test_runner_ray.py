@@ -2,6 +2,7 @@
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -153,3 +154,30 @@ def test_bad_thread_or_val_interval_is_refused_naming_the_key(tmp_path, field, s
         run_stage(RegressionStage(), _loop(**loop_kw), ScaleConfig(**scale_kw),
                   RunSettings(name="bad", storage_path=str(tmp_path)), {"train": None})
     assert not (tmp_path / "bad").exists()
+
+
+def test_rerun_with_other_settings_is_refused_same_settings_resume(ray_session, tmp_path):
+    from afov_ray.config import ConfigError
+
+    run = RunSettings(name="guard", storage_path=str(tmp_path), num_to_keep=None)
+    first = run_stage(RegressionStage(), _loop(epochs=2, batch_size=4), ScaleConfig(num_workers=1), run,
+                      {"train": _data(8)})
+    assert first.error is None
+    with first.checkpoint.as_directory() as d:
+        meta = json.loads(open(os.path.join(d, "meta.json")).read())
+    assert meta["settings"]["stage"] == "toy" and meta["settings"]["loop.num_epochs"] == 2
+    assert not any(k.startswith("loop.tracking.") for k in meta["settings"])
+    trained = sorted(p.name for p in (tmp_path / "guard").glob("checkpoint_*") if p.is_dir())
+    assert len(trained) == 2
+    # other epochs and learning rate: refused before anything runs, naming both changes
+    with pytest.raises(ConfigError, match=r"loop\.num_epochs: 2 -> 3.*loop\.optim\.lr: 0\.1 -> 0\.05"):
+        run_stage(RegressionStage(), replace(_loop(epochs=3, batch_size=4), optim=OptimConfig(lr=0.05, lr_head=0.2)),
+                  ScaleConfig(num_workers=1), run, {"train": _data(8)})
+    # the same settings (validation cadence and logging may change): the finished fit is resumed, not redone
+    again = run_stage(RegressionStage(), _loop(epochs=2, batch_size=4, val_every_epochs=2, log_every_steps=3),
+                      ScaleConfig(num_workers=1), run, {"train": _data(8)})
+    assert again.error is None
+    with again.checkpoint.as_directory() as d:
+        assert json.loads(open(os.path.join(d, "meta.json")).read())["epoch"] == 2
+    # no epoch was trained again
+    assert sorted(p.name for p in (tmp_path / "guard").glob("checkpoint_*") if p.is_dir()) == trained
