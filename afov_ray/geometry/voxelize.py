@@ -12,9 +12,9 @@ Voxel target: ``label_mode="first"`` is the official rule (label of the represen
 ``"majority"`` (default here) is a vote over the voxel's points whose label is not ``ignore_label``
 (ties: smallest label), ``ignore_label`` only when every point is ignored.
 
-Implementation: each point's grid cell is packed into one int64 key (``pack_keys``: every axis offset
-to non-negative, mixed radix); the voxels come from one pass of a compiled hash table over the keys, in
-insertion order as MinkowskiEngine's (``voxel_kernels.unique_first_keys``), and the majority targets from
+Implementation: each point's grid cell is packed into one int64 key (every axis offset to non-negative,
+mixed radix) and the voxels come from one pass of a compiled hash table over the keys, in insertion order
+as MinkowskiEngine's (``voxel_kernels.unique_first_cells``); the majority targets come from
 a compiled per-voxel count (``voxel_kernels.majority_vote``): about 1.5 ms per 34k-point scan in all, where
 a row-wise ``unique(dim=0)`` takes tens. Coordinates whose ranges cannot share one int64 key raise
 ``ValueError`` instead of colliding.
@@ -29,13 +29,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from afov_ray.geometry.voxel_kernels import majority_vote, unique_first_keys
+from afov_ray.geometry.voxel_kernels import majority_vote, unique_first_cells
 
 GRIDS = ("cylindrical", "cartesian")
 FEATURES = ("intensity", "ones", "xyz_intensity")
 LABEL_MODES = ("majority", "first")
-
-_INT64_MAX = 2**63 - 1
 
 
 @dataclasses.dataclass
@@ -112,36 +110,10 @@ def grid_coordinates(points: torch.Tensor, grid: str = "cylindrical", voxel_size
     return torch.stack(_grid_axes(points, grid, voxel_size, phi_bin_deg), dim=1)
 
 
-def pack_keys(axes: Sequence[np.ndarray]) -> np.ndarray:
-    """One int64 key per point from D integer axes (each (N,)): axis d is offset by its minimum and the
-    offsets are combined in mixed radix (axis 0 most significant), so equal keys <=> equal cells.
-
-    Raises ValueError naming the per-axis ranges when their product does not fit in an int64."""
-    n = len(axes[0]) if len(axes) else 0
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    lo = [int(a.min()) for a in axes]
-    spans = [int(a.max()) - low + 1 for a, low in zip(axes, lo)]
-    if math.prod(spans) - 1 > _INT64_MAX:
-        ranges = ", ".join(f"[{low}, {low + s - 1}]" for low, s in zip(lo, spans))
-        raise ValueError(f"voxel coordinates: axis ranges {ranges} (extents {spans}, {math.prod(spans)} cells) "
-                         f"exceed the 2**63 cells one int64 voxel key can address")
-    key = axes[0].astype(np.int64)
-    key -= lo[0]
-    for a, low, span in zip(axes[1:], lo[1:], spans[1:]):
-        key *= span
-        key += a.astype(np.int64) - low  # in int64: an int32 difference can overflow
-    return key
-
-
 def unique_first(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(indexes, inverse) of unique rows of int ``coords`` (N, D), voxels ordered by first point."""
     coords = torch.as_tensor(coords)
-    c = coords.cpu().numpy()
-    if c.shape[0] == 0:
-        idx = inv = np.zeros(0, dtype=np.int64)
-    else:
-        idx, inv = unique_first_keys(pack_keys([c[:, d] for d in range(c.shape[1])]))
+    idx, inv = unique_first_cells(coords.cpu().numpy())
     return torch.from_numpy(idx).to(coords.device), torch.from_numpy(inv).to(coords.device)
 
 
@@ -175,10 +147,10 @@ def voxelize(points: torch.Tensor, labels: torch.Tensor | None = None, *, grid: 
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode: expected one of {LABEL_MODES}, got {label_mode!r}")
     points = torch.as_tensor(points)
-    axes = [a.numpy() for a in _grid_axes(points, grid, voxel_size, phi_bin_deg)]
-    idx, inv = unique_first_keys(pack_keys(axes))
+    cells = grid_coordinates(points, grid, voxel_size, phi_bin_deg).numpy()
+    idx, inv = unique_first_cells(cells)
     indexes = torch.from_numpy(idx)
-    coords = torch.from_numpy(np.stack([a[idx] for a in axes], axis=1))
+    coords = torch.from_numpy(cells[idx])
     feats = _features(points.index_select(0, indexes), feature, intensity_offset)
     vox_labels = None
     if labels is not None:

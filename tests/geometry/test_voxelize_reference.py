@@ -10,11 +10,10 @@ import pytest
 import reference_voxelize as ref
 import torch
 
+from afov_ray.geometry.voxel_kernels import unique_first_cells
 from afov_ray.geometry.voxelize import (
     majority_labels,
-    pack_keys,
     unique_first,
-    unique_first_keys,
     voxelize,
     voxelize_batch,
 )
@@ -144,16 +143,17 @@ def test_large_coordinate_ranges_pack_or_refuse():
         voxelize(huge, grid="cartesian")
 
 
-def test_pack_keys_is_mixed_radix_and_checks_the_product():
-    a = [np.array([2, -1, 2]), np.array([7, 7, 9]), np.array([0, 5, 5])]
-    # offsets (3, 0, 2), extents (4, 3, 6): key = (a0 + 1) * 18 + (a1 - 7) * 6 + a2
-    assert pack_keys(a).tolist() == [3 * 18 + 0 + 0, 0 + 0 + 5, 3 * 18 + 2 * 6 + 5]
+def test_cell_keys_span_int32_extremes_and_refuse_what_cannot_be_packed():
     top = np.array([0, 2**31 - 1], dtype=np.int32)
     bot = np.array([-(2**31), 0], dtype=np.int32)
-    assert pack_keys([bot, top]).tolist() == [0, 2**31 * 2**31 + 2**31 - 1]  # int32 extremes, no wrap
-    with pytest.raises(ValueError, match=r"\[-2147483648, 0\]"):
-        pack_keys([bot, top, bot])
-    assert pack_keys([np.zeros(0, np.int32)] * 3).shape == (0,)
+    # rows (-2**31, 0) and (0, 2**31 - 1): extents 2**31 + 1 and 2**31, one int64 key, no wrap
+    idx, inv = unique_first_cells(np.stack([bot, top], axis=1)[[0, 1, 0]])
+    assert idx.tolist() == [0, 1] and inv.tolist() == [0, 1, 0]
+    with pytest.raises(ValueError, match=r"\[-2147483648, 0\]"):   # three such axes: 2**93 cells
+        unique_first_cells(np.stack([bot, top, bot], axis=1))
+    assert [a.shape for a in unique_first_cells(np.zeros((0, 3), np.int32))] == [(0,), (0,)]
+    with pytest.raises(ValueError, match="integers"):
+        unique_first_cells(np.zeros((3, 3), np.float32))
 
 
 def test_unique_first_matches_reference_on_int_rows():
@@ -163,19 +163,19 @@ def test_unique_first_matches_reference_on_int_rows():
             c = torch.from_numpy(rng.integers(-5, 6, (n, d)).astype(np.int32))
             for x, y in zip(unique_first(c), ref.unique_first(c)):
                 assert torch.equal(x, y)
-    idx, inv = unique_first_keys(np.array([5, 3, 5, 5, 1, 3], dtype=np.int64))
+    idx, inv = unique_first_cells(np.array([[5], [3], [5], [5], [1], [3]], dtype=np.int64))
     assert idx.tolist() == [0, 1, 4] and inv.tolist() == [0, 1, 0, 0, 2, 1]  # hand-computed
 
 
-def test_unique_first_keys_on_wide_and_colliding_keys():
-    # keys near 2**62 and negative ones hash like any other
+def test_unique_first_cells_on_wide_and_colliding_keys():
+    # values near 2**62 and negative ones hash like any other
     key = np.array([2**62 + 5, 7, 2**62 + 5, 7, 2**62, -3, -3], dtype=np.int64)
-    idx, inv = unique_first_keys(key)
+    idx, inv = unique_first_cells(key[:, None])
     assert idx.tolist() == [0, 1, 4, 5] and inv.tolist() == [0, 1, 0, 1, 2, 3, 3]
     # many keys that share their low bits (multiples of 2**40), in a scrambled order, against numpy
     rng = np.random.default_rng(0)
     key = rng.integers(0, 5000, 40_000).astype(np.int64) << 40
-    idx, inv = unique_first_keys(key)
+    idx, inv = unique_first_cells(key[:, None])
     _, first, back = np.unique(key, return_index=True, return_inverse=True)
     assert idx.tolist() == sorted(first.tolist())
     rank = np.empty(len(first), dtype=np.int64)
