@@ -10,6 +10,10 @@ the IoU of the raw predictions and of each variant. The variants probe the const
 nuScenes scans: the cosine threshold gamma (which directions count as "the same line"), the near-ego
 ground step (a ring 2-5 m around the sensor below z = -1.4 m, the nuScenes LiDAR height), the FPS level
 sizes (4096 points at the first level, for 34k-point scans) and the neighbourhood size k.
+
+``--baseline-rev REV`` also refines the same scans with the AFI of git revision REV (its ``afov_ray`` package,
+``git archive``d into a temporary folder, in a subprocess; official constants), e.g. ``--baseline-rev 3445169``,
+the AFI before the parity fix of issue 16 (mirrored direction bins, no 1e-8 decoder self-term).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -58,11 +64,48 @@ def load_scans(pred_dir: str) -> list[dict]:
     return scans
 
 
+_BASELINE = """
+import sys
+import numpy as np, torch
+from afov_ray.afi.config import AFIConfig
+from afov_ray.afi.refine import afi_refine
+d = np.load(sys.argv[1])
+n = int(d["n"])
+out = {}
+for i in range(n):
+    cfg = AFIConfig(num_classes=int(d["nc"]))
+    lab, _ = afi_refine(torch.from_numpy(d[f"xyz{i}"]), torch.from_numpy(d[f"pred{i}"]), cfg)
+    out[f"out{i}"] = lab.numpy()
+np.savez(sys.argv[2], **out)
+"""
+
+
+def baseline_labels(rev: str, scans: list[dict], nc: int) -> list:
+    """AFI labels of every scan computed by the ``afov_ray`` of git revision ``rev`` (official constants)."""
+    import numpy as np
+
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as td:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "afov_ray"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", td], input=archive, check=True)
+        src, dst = os.path.join(td, "scans.npz"), os.path.join(td, "out.npz")
+        np.savez(src, n=len(scans), nc=nc, **{f"xyz{i}": s["xyz"] for i, s in enumerate(scans)},
+                 **{f"pred{i}": s["pred"] for i, s in enumerate(scans)})
+        proc = subprocess.run([sys.executable, "-c", _BASELINE, src, dst], cwd=td, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": td})
+        if proc.returncode:
+            raise SystemExit(f"AFI at {rev} failed:\n{proc.stderr[-3000:]}")
+        out = np.load(dst)
+        return [out[f"out{i}"] for i in range(len(scans))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pred", required=True, help="folder of prediction shards")
     ap.add_argument("--classes", default="nuscenes", choices=["nuscenes"])
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
+    ap.add_argument("--baseline-rev", default=None, help="also refine with the AFI of this git revision")
     args = ap.parse_args()
     import numpy as np
     import torch
@@ -86,17 +129,24 @@ def main() -> None:
         return 100 * float(np.mean([iou[c] for c in present])), 100 * point_accuracy(H), iou
 
     results = {"raw predictions": (*row(H_raw), 0.0, 0.0)}
+    if args.baseline_rev:
+        t0 = time.process_time()
+        outs = baseline_labels(args.baseline_rev, scans, nc)
+        H = sum(confusion_matrix(s["gt"], o.astype(np.int64), nc) for s, o in zip(scans, outs))
+        changed = float(np.mean([(o != s["pred"]).mean() for s, o in zip(scans, outs)]))
+        results[f"AFI official at {args.baseline_rev}"] = (*row(H), 100 * changed, float("nan"))
+        print(f"  AFI at {args.baseline_rev}: done ({time.process_time() - t0:.1f} s of this process)", flush=True)
     for name in args.variants.split(","):
         cfg = replace(base, **VARIANTS[name])
         H, changed, t0 = 0, [], time.process_time()
         for s in scans:
-            out, st = afi_refine(torch.from_numpy(s["xyz"]), torch.from_numpy(s["pred"]), cfg, name=s["name"])
+            out, st = afi_refine(torch.from_numpy(s["xyz"].copy()), torch.from_numpy(s["pred"]), cfg, name=s["name"])
             H = H + confusion_matrix(s["gt"], out.numpy(), nc)
             changed.append(st["changed_fraction"])
         results[f"AFI {name}"] = (*row(H), 100 * float(np.mean(changed)),
                                   (time.process_time() - t0) / len(scans))
         print(f"  {name}: done", flush=True)
-    print("\n| labels | mIoU (present classes) | accuracy | changed by AFI | CPU s/scan |")
+    print("\n| labels | mean IoU (classes with ground truth) | accuracy | changed by AFI | CPU s/scan |")
     print("|---|---:|---:|---:|---:|")
     for k, (m, a, _, ch, sec) in results.items():
         print(f"| {k} | {m:.1f} | {a:.1f} | {ch:.1f} % | {sec:.2f} |")
