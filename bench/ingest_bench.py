@@ -18,7 +18,10 @@ map_batches and a 2-scan training step):
              difference): pairings re-indexed to voxels, superpixel ids, texts and features;
   collate    prepared Arrow batch -> tensors (baseline: Ray's numpy batch format + per-row collate).
 annotation-free = read + voxelise + collate; TMP = read + voxelise + pairings + collate (its own read).
-Baseline = bench/legacy_ingest.py (the ingest of commit e52e765). Cores per GPU worker = CPU ms per
+Baseline = bench/legacy_ingest.py (the ingest of commit e52e765). Official = bench/official_ingest.py, the
+official loader's per-scan work (.bin reads, rotation, MinkowskiEngine sparse_quantize, collate) on the same
+keyframes, timed in the same rounds when MinkowskiEngine is importable: the machine-independent form of the
+issue's "at or below the official loader's cost". Cores per GPU worker = CPU ms per
 keyframe x scans per step / step ms. Before timing, both implementations prepare and collate every
 keyframe (of the first ``--keyframes``) without augmentation and the outputs are compared tensor by tensor (bit-identical or not;
 ``point_labels``, which the new annotation-free / TMP ingest does not read, must be empty instead).
@@ -141,13 +144,47 @@ def check_identical(path: str, impls: list[Impl], cfgs: dict, rows: int) -> bool
     return same
 
 
-def bench_set(label: str, path: str, impls: list[Impl], cfgs: dict, repeats: int, batch: int, rows: int) -> dict:
+def official_loader(folder: str, scans, labels, rows: int, batch: int):
+    """The official loader's per-scan work (bench/official_ingest.py) on the first ``rows`` scans, written as
+    ``.pcd.bin`` / label ``.bin`` files, in batches of ``batch``; None when MinkowskiEngine is not importable."""
+    import numpy as np
+    import official_ingest
+
+    from afov_ray.errors import EngineNotInstalled
+    from afov_ray.models.engines.minkowski_engine import import_minkowski
+
+    try:
+        me = import_minkowski()
+    except EngineNotInstalled:
+        return None
+    files = []
+    for i in range(rows):
+        pcd, lab = os.path.join(folder, f"official{i}.pcd.bin"), os.path.join(folder, f"official{i}.bin")
+        pts = np.zeros((len(scans[i]), 5), np.float32)
+        pts[:, :4] = scans[i]
+        pts.tofile(pcd)
+        np.asarray(labels[i], np.uint8).tofile(lab)
+        np.save(lab.replace(".bin", ".npy"), np.asarray(labels[i], np.int64) + 100)   # official pseudo-label file
+        files.append((pcd, lab))
+
+    def run(remap: bool):
+        return [official_ingest.collate([official_ingest.load_scan(p, lab, me, remap=remap)
+                                         for p, lab in files[i:i + batch]]) for i in range(0, rows, batch)]
+
+    return {"loader": lambda: run(False), "loader_remap": lambda: run(True)}
+
+
+def bench_set(label: str, path: str, impls: list[Impl], cfgs: dict, repeats: int, batch: int, rows: int,
+              official=None) -> dict:
     """Per-keyframe CPU ms of every stage of every implementation: reads of the whole shard, preparation
-    and collation of its first ``rows`` keyframes in batches of ``batch``."""
+    and collation of its first ``rows`` keyframes in batches of ``batch``; ``official``: the official
+    loader stand-in over the same keyframes (timed in the same rounds)."""
     import pyarrow.parquet as pq
 
     n_read = pq.read_metadata(path).num_rows
     fns, res = {}, {"keyframes": rows, "shard_rows": n_read, "label": label}
+    for stage, fn in (official or {}).items():
+        fns[("official", stage)] = (fn, rows)
     af, tmp = cfgs["annotation-free"], cfgs["TMP"]
     for im in impls:
         tables = {k: pq.read_table(path, columns=im.columns(c)) for k, c in cfgs.items()}
@@ -166,7 +203,7 @@ def bench_set(label: str, path: str, impls: list[Impl], cfgs: dict, repeats: int
         fns[(im.name, "prep_tmp")] = (lambda im=im, s=slices: [im.prepare(b, tmp) for b in s["TMP"]], rows)
     rounds = _cpu_ms(fns, repeats)
     for (name, stage), ms in rounds.items():
-        res[name][stage] = statistics.median(ms)
+        res.setdefault(name, {})[stage] = statistics.median(ms)
     for im in impls:
         r = res[im.name]
         # median over rounds of the paired difference (both ran in the same round)
@@ -213,6 +250,13 @@ def report(res: dict, step_ms: float, per_step: int) -> None:
         print(f"{k:<16} total {b[k]:7.2f} -> {nw[k]:6.2f} ms/keyframe (x{b[k] / nw[k]:.1f}); target <= "
               f"{TARGET_MS[k]:g} ms {ok}; cores per GPU worker at {step_ms:g} ms / {per_step} scans: "
               f"{b[k] * per_step / step_ms:.2f} -> {nw[k] * per_step / step_ms:.2f}")
+    if "official" in res:
+        o, r = res["official"]["loader"], res["official"]["loader_remap"]
+        a = nw["annotation-free"]
+        print(f"official annotation-free loader stand-in (bench/official_ingest.py), same rounds: {r:.2f} ms/keyframe "
+              f"with its label remapping (np.load + np.vectorize), {o:.2f} without (.bin reads, rotation, "
+              f"MinkowskiEngine sparse_quantize, collate); annotation-free ours / official = {a / r:.2f} / "
+              f"{a / o:.2f} ({'at or below' if a <= r else 'above'} / {'at or below' if a <= o else 'above'})")
 
 
 def main() -> None:
@@ -242,7 +286,8 @@ def main() -> None:
             same = check_identical(path, impls, cfgs, args.keyframes)
             print(f"\n{label}: {sum(len(s) for s in scans) / len(scans):.0f} points per keyframe; bit-identical "
                   f"prepared + collated tensors (no augmentation, both ingests): {'yes' if same else 'NO'}")
-            report(bench_set(label, path, impls, cfgs, args.repeats, args.scans_per_step, args.keyframes),
+            official = official_loader(td, scans, labels, args.keyframes, args.scans_per_step)
+            report(bench_set(label, path, impls, cfgs, args.repeats, args.scans_per_step, args.keyframes, official),
                    args.step_ms, args.scans_per_step)
             if key == "real":
                 pr = writer_read_ms(td, scans, labels, cfgs, args.repeats)
