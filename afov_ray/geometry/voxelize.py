@@ -15,7 +15,7 @@ Voxel target: ``label_mode="first"`` is the official rule (label of the represen
 Implementation: each point's grid cell is packed into one int64 key (every axis offset to non-negative,
 mixed radix) and the voxels come from one pass of a compiled hash table over the keys, in insertion order
 as MinkowskiEngine's (``voxel_kernels.unique_first_cells``); the majority targets come from
-a compiled per-voxel count (``voxel_kernels.majority_vote``): about 1.5 ms per 34k-point scan in all, where
+a compiled per-voxel count (``voxel_kernels.majority_vote``): about 1 ms per 34k-point scan together, where
 a row-wise ``unique(dim=0)`` takes tens. Coordinates whose ranges cannot share one int64 key raise
 ``ValueError`` instead of colliding.
 """
