@@ -50,6 +50,21 @@ def _stop_head(temp_dir: str) -> None:
             time.sleep(0.5)
 
 
+def job_client(address: str, deadline_s: float = 300.0):
+    """A ``JobSubmissionClient`` once the head's dashboard answers: on a loaded machine it can refuse
+    connections for a while after ``ray start`` returns (seen once in a full run); bounded."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return JobSubmissionClient(address)
+        except ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def submit_when_ready(client, deadline_s: float = 300.0, **kw) -> str:
     """Submit once the head's job agent is up: right after ``ray start`` (and on a loaded machine) the job
     server answers "No available agent to submit job" for a while; wait on that state, bounded."""
@@ -103,7 +118,7 @@ def chain(ray_head, tmp_path_factory):
 
 def test_submitted_tmp_job_registers_model_with_lineage(ray_head, chain, tmp_path):
     import mlflow
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
     from afov_ray.train.jobs import TrainJob
     from afov_ray.train.tracking import data_fingerprint, git_commit
@@ -118,7 +133,7 @@ def test_submitted_tmp_job_registers_model_with_lineage(ray_head, chain, tmp_pat
                  "loop.tracking.register_as=afov-tmp", "loop.tracking.run_name=submitted-tmp"]
     config = REPO / "configs" / "nuscenes" / "tmp.yaml"
     entrypoint = " ".join([sys.executable, str(REPO / "jobs" / "tmp.py"), "--config", str(config), *overrides])
-    client = JobSubmissionClient(ray_head["dashboard"])
+    client = job_client(ray_head["dashboard"])
     job_id = submit_when_ready(client, entrypoint=entrypoint,
                                runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}})
     deadline = time.monotonic() + 900
