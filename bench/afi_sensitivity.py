@@ -83,12 +83,10 @@ np.savez(sys.argv[2], **out)
 def baseline_labels(rev: str, scans: list[dict], nc: int) -> list:
     """AFI labels of every scan computed by the ``afov_ray`` of git revision ``rev`` (official constants)."""
     import numpy as np
+    from revision import extract
 
-    repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as td:
-        archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "afov_ray"], check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", td], input=archive, check=True)
+        extract(rev, td, "afov_ray")
         src, dst = os.path.join(td, "scans.npz"), os.path.join(td, "out.npz")
         np.savez(src, n=len(scans), nc=nc, **{f"xyz{i}": s["xyz"] for i, s in enumerate(scans)},
                  **{f"pred{i}": s["pred"] for i, s in enumerate(scans)})

@@ -32,10 +32,10 @@ from pathlib import Path
 def run_baseline(rev: str, argv: list[str]) -> None:
     """Run this benchmark with ``argv`` on the code of git revision ``rev`` (``git archive`` into a temporary
     folder first on PYTHONPATH, for the driver and the Ray workers it starts); output prefixed."""
-    repo = Path(__file__).resolve().parents[1]
+    from revision import extract
+
     with tempfile.TemporaryDirectory() as td:
-        archive = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", td], input=archive, check=True)
+        extract(rev, td)
         env = {**os.environ, "PYTHONPATH": td}
         abs_argv = [str(Path(a).absolute()) if os.path.exists(a) else a for a in argv]
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *abs_argv], cwd=td,

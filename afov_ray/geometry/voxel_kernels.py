@@ -127,8 +127,10 @@ def majority_vote(labels: np.ndarray, inverse: np.ndarray, n_vox: int, ignore_la
     inverse = np.ascontiguousarray(inverse, dtype=np.int64)
     if len(labels) != len(inverse):
         raise ValueError(f"labels: expected {len(inverse)} labels (one per point), got {len(labels)}")
-    counted = labels if len(labels) == 0 or labels.min() >= 0 else labels[labels != ignore_label]
-    if len(counted) and int(counted.min()) < 0:
-        raise ValueError("labels: negative labels are not supported")
+    counted = labels
+    if len(labels) and int(labels.min()) < 0:   # only the ignore label may be negative
+        counted = labels[labels != ignore_label]
+        if len(counted) and int(counted.min()) < 0:
+            raise ValueError("labels: negative labels are not supported")
     n_lab = int(counted.max()) + 1 if len(counted) else 1
     return _majority(labels, inverse, int(n_vox), n_lab, int(ignore_label))

@@ -2,9 +2,9 @@
 
 A checkpoint is a directory holding ``state.pt`` (model / optimiser / schedule state, epoch, step,
 the resolved config as plain data) and ``meta.json`` (the same small metadata plus the model's contract
-``model_spec`` and the settings the fit trains with, ``afov_ray.train.resume``; readable without torch). Both are written with the one atomic writer
-(``afov_ray.storage.atomic``), so a crash never leaves a half-written file under the final name; Ray
-Train then uploads the whole directory.
+``model_spec`` and the settings the fit trains with, ``afov_ray.train.resume``; readable without torch).
+Both are written with the one atomic writer (``afov_ray.storage.atomic``), so a crash never leaves a
+half-written file under the final name; Ray Train then uploads the whole directory.
 """
 
 from __future__ import annotations
